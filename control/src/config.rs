@@ -1,0 +1,588 @@
+//! The appliance configuration: strict TOML, explicit defaults, `validate()`.
+//!
+//! The embedded default is `config/sluice.toml` (the documented example); a
+//! test loads it. Unknown keys anywhere are an error that names the key.
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The default configuration file, embedded in the binary.
+pub const DEFAULT_TOML: &str = include_str!("../../config/sluice.toml");
+
+/// The largest rx burst a worker accepts (the dataplane's burst array size).
+pub const MAX_BURST: usize = 256;
+
+/// A configuration problem. The message names the field and what was expected.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("config field `{field}` = {value}: {expected}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        expected: String,
+    },
+}
+
+fn invalid(
+    field: &'static str,
+    value: impl fmt::Debug,
+    expected: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        value: format!("{value:?}"),
+        expected: expected.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub eal: EalConfig,
+    pub ports: PortsConfig,
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    #[serde(default)]
+    pub mempool: MempoolConfig,
+}
+
+/// Extra EAL arguments and the runtime-file prefix.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EalConfig {
+    #[serde(default = "default_eal_args")]
+    pub args: Vec<String>,
+    #[serde(default = "default_file_prefix")]
+    pub file_prefix: String,
+}
+
+fn default_eal_args() -> Vec<String> {
+    ["--no-huge", "-m", "512", "--no-shconf"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_file_prefix() -> String {
+    "auto".into()
+}
+
+impl Default for EalConfig {
+    fn default() -> Self {
+        EalConfig {
+            args: default_eal_args(),
+            file_prefix: default_file_prefix(),
+        }
+    }
+}
+
+/// The port pair: subscriber side and upstream side.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortsConfig {
+    pub subscriber: PortConfig,
+    pub upstream: PortConfig,
+}
+
+/// One port.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// A vdev spec (`net_null0,copy=1`) or a PCI address (`0000:03:00.0`).
+    pub device: String,
+    #[serde(default = "default_desc")]
+    pub rx_desc: u16,
+    #[serde(default = "default_desc")]
+    pub tx_desc: u16,
+}
+
+fn default_desc() -> u16 {
+    1024
+}
+
+/// Worker cores and burst size.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    #[serde(default)]
+    pub main_core: u32,
+    #[serde(default = "default_cores")]
+    pub cores: Vec<u32>,
+    #[serde(default = "default_burst")]
+    pub burst: usize,
+}
+
+fn default_cores() -> Vec<u32> {
+    vec![1]
+}
+
+fn default_burst() -> usize {
+    32
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            main_core: 0,
+            cores: default_cores(),
+            burst: default_burst(),
+        }
+    }
+}
+
+/// The packet-buffer pool.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MempoolConfig {
+    #[serde(default = "default_mbufs")]
+    pub mbufs: u32,
+    #[serde(default = "default_cache")]
+    pub cache: u32,
+    #[serde(default = "default_data_room")]
+    pub data_room: u16,
+}
+
+fn default_mbufs() -> u32 {
+    16383
+}
+
+fn default_cache() -> u32 {
+    256
+}
+
+fn default_data_room() -> u16 {
+    2176
+}
+
+impl Default for MempoolConfig {
+    fn default() -> Self {
+        MempoolConfig {
+            mbufs: default_mbufs(),
+            cache: default_cache(),
+            data_room: default_data_room(),
+        }
+    }
+}
+
+/// What a port's `device` string names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Device {
+    /// A PCI device, allowed with `-a`. The ethdev name is the address.
+    Pci(String),
+    /// A virtual device created with `--vdev spec`; `name` is the part
+    /// before the first comma, which is also the ethdev name.
+    Vdev { name: String, spec: String },
+}
+
+impl Device {
+    /// Parses a device string; `field` names it in errors.
+    pub fn parse(field: &'static str, s: &str) -> Result<Device, ConfigError> {
+        let s = s.trim();
+        if is_pci_address(s) {
+            return Ok(Device::Pci(s.to_owned()));
+        }
+        let name = s.split(',').next().unwrap_or_default();
+        let driver_ok = ["net_", "eth_"].iter().any(|p| name.starts_with(p)) && name.len() > 4;
+        if !driver_ok || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(
+                field,
+                s,
+                "a PCI address (0000:03:00.0) or a vdev spec starting with a net_ driver name \
+                 (net_tap0,iface=sl0; net_null0,copy=1; net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap)",
+            ));
+        }
+        Ok(Device::Vdev {
+            name: name.to_owned(),
+            spec: s.to_owned(),
+        })
+    }
+
+    /// The ethdev name DPDK gives the port.
+    pub fn port_name(&self) -> &str {
+        match self {
+            Device::Pci(a) => a,
+            Device::Vdev { name, .. } => name,
+        }
+    }
+}
+
+fn is_pci_address(s: &str) -> bool {
+    // [dddd:]bb:dd.f, hex digits.
+    let (bdf, dom_ok) = match s.matches(':').count() {
+        2 => {
+            let (dom, rest) = s.split_once(':').unwrap_or_default();
+            (
+                rest,
+                dom.len() == 4 && dom.chars().all(|c| c.is_ascii_hexdigit()),
+            )
+        }
+        1 => (s, true),
+        _ => return false,
+    };
+    let Some((bus, devfn)) = bdf.split_once(':') else {
+        return false;
+    };
+    let Some((dev, func)) = devfn.split_once('.') else {
+        return false;
+    };
+    dom_ok
+        && bus.len() == 2
+        && dev.len() == 2
+        && func.len() == 1
+        && [bus, dev, func]
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+impl Config {
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        Config::from_toml(DEFAULT_TOML, "embedded default")
+            .expect("the embedded default config is valid (tested)")
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Checks every cross-field rule. Parsing already rejected unknown keys
+    /// and wrong types.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let sub = Device::parse("ports.subscriber.device", &self.ports.subscriber.device)?;
+        let up = Device::parse("ports.upstream.device", &self.ports.upstream.device)?;
+        if sub.port_name() == up.port_name() {
+            return Err(invalid(
+                "ports.upstream.device",
+                &self.ports.upstream.device,
+                "a different device than ports.subscriber.device",
+            ));
+        }
+        for (field, p) in [
+            ("ports.subscriber", &self.ports.subscriber),
+            ("ports.upstream", &self.ports.upstream),
+        ] {
+            for (name, d) in [("rx_desc", p.rx_desc), ("tx_desc", p.tx_desc)] {
+                if !(32..=16384).contains(&d) {
+                    let _ = name;
+                    return Err(invalid(field, d, format!("{name} in 32..=16384")));
+                }
+            }
+        }
+        let w = &self.workers;
+        if w.cores.is_empty() {
+            return Err(invalid(
+                "workers.cores",
+                &w.cores,
+                "at least one worker core",
+            ));
+        }
+        if w.cores.len() > 64 {
+            return Err(invalid(
+                "workers.cores",
+                &w.cores,
+                "at most 64 worker cores",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for &c in &w.cores {
+            if c == w.main_core {
+                return Err(invalid(
+                    "workers.cores",
+                    &w.cores,
+                    format!("cores other than workers.main_core ({})", w.main_core),
+                ));
+            }
+            if c >= 1024 || !seen.insert(c) {
+                return Err(invalid(
+                    "workers.cores",
+                    &w.cores,
+                    "distinct core ids below 1024",
+                ));
+            }
+        }
+        if w.main_core >= 1024 {
+            return Err(invalid(
+                "workers.main_core",
+                w.main_core,
+                "a core id below 1024",
+            ));
+        }
+        if !(1..=MAX_BURST).contains(&w.burst) {
+            return Err(invalid(
+                "workers.burst",
+                w.burst,
+                format!("1..={MAX_BURST}"),
+            ));
+        }
+        let m = &self.mempool;
+        if m.cache > 512 || (m.cache as u64) * 3 > (m.mbufs as u64) * 2 {
+            return Err(invalid(
+                "mempool.cache",
+                m.cache,
+                "at most 512 and at most mbufs / 1.5 (a DPDK limit)",
+            ));
+        }
+        if m.data_room < 1152 {
+            return Err(invalid(
+                "mempool.data_room",
+                m.data_room,
+                "at least 1152 (128 bytes of headroom plus a 1024-byte frame)",
+            ));
+        }
+        let needed = self.mbufs_needed();
+        if (m.mbufs as u64) < needed {
+            return Err(invalid(
+                "mempool.mbufs",
+                m.mbufs,
+                format!(
+                    "at least {needed}: every rx/tx descriptor of every queue, the worker \
+                     bursts and the per-lcore caches must fit"
+                ),
+            ));
+        }
+        for a in &self.eal.args {
+            let flag = a.split('=').next().unwrap_or_default();
+            if [
+                "-l",
+                "--lcores",
+                "-c",
+                "--main-lcore",
+                "--file-prefix",
+                "--vdev",
+                "-a",
+                "--allow",
+            ]
+            .contains(&flag)
+            {
+                return Err(invalid(
+                    "eal.args",
+                    a,
+                    "no lcore, vdev, allow-list or file-prefix flags: they are derived from \
+                     [workers], [ports] and eal.file_prefix",
+                ));
+            }
+        }
+        if self.eal.file_prefix.is_empty()
+            || !self
+                .eal
+                .file_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "eal.file_prefix",
+                &self.eal.file_prefix,
+                "\"auto\" or letters, digits, '-' and '_'",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Buffers the ports and workers can hold at once.
+    pub fn mbufs_needed(&self) -> u64 {
+        let q = self.workers.cores.len() as u64;
+        let ports = [&self.ports.subscriber, &self.ports.upstream];
+        let desc: u64 = ports
+            .iter()
+            .map(|p| q * (p.rx_desc as u64 + p.tx_desc as u64))
+            .sum();
+        let lcores = q + 1;
+        desc + lcores * (self.mempool.cache as u64 + 2 * self.workers.burst as u64)
+    }
+
+    /// The two port devices, subscriber first.
+    pub fn devices(&self) -> (Device, Device) {
+        // validate() already accepted both.
+        let parse = |s: &str| Device::parse("ports", s).expect("validated");
+        (
+            parse(&self.ports.subscriber.device),
+            parse(&self.ports.upstream.device),
+        )
+    }
+
+    /// The full EAL argument list: program name, lcores, file prefix, the
+    /// configured extra args, the ports' devices, then `extra` (the command
+    /// line's arguments after `--`, which come last so they win).
+    pub fn eal_args(&self, program: &str, pid: u32, extra: &[String]) -> Vec<String> {
+        let w = &self.workers;
+        let mut cores = vec![w.main_core];
+        cores.extend(&w.cores);
+        let lcores = cores
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let prefix = if self.eal.file_prefix == "auto" {
+            format!("sluice-{pid}")
+        } else {
+            self.eal.file_prefix.clone()
+        };
+        let mut args = vec![
+            program.to_owned(),
+            "-l".into(),
+            lcores,
+            "--main-lcore".into(),
+            w.main_core.to_string(),
+            "--file-prefix".into(),
+            prefix,
+        ];
+        args.extend(self.eal.args.iter().cloned());
+        let (sub, up) = self.devices();
+        let mut any_pci = false;
+        for d in [sub, up] {
+            match d {
+                Device::Pci(a) => {
+                    any_pci = true;
+                    args.extend(["-a".into(), a]);
+                }
+                Device::Vdev { spec, .. } => args.extend(["--vdev".into(), spec]),
+            }
+        }
+        // With only virtual ports, keep EAL away from every PCI device.
+        if !any_pci && !extra.iter().any(|a| a == "-a" || a.starts_with("--allow")) {
+            args.push("--no-pci".into());
+        }
+        args.extend(extra.iter().cloned());
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(edit: &str) -> Result<Config, ConfigError> {
+        let base = r#"
+[ports.subscriber]
+device = "net_null0,copy=1"
+[ports.upstream]
+device = "net_null1,copy=1"
+"#;
+        Config::from_toml(&format!("{base}\n{edit}"), "test")
+    }
+
+    #[test]
+    fn example_file_is_the_embedded_default_and_valid() {
+        let cfg = Config::embedded_default();
+        assert_eq!(cfg.workers.cores, vec![1]);
+        assert_eq!(cfg.devices().0.port_name(), "net_tap0");
+        // Every key in the example equals its serde default.
+        let minimal = Config::from_toml(
+            "[ports.subscriber]\ndevice = \"net_tap0,iface=sl-sub\"\n\
+             [ports.upstream]\ndevice = \"net_tap1,iface=sl-up\"\n",
+            "minimal",
+        )
+        .unwrap();
+        assert_eq!(cfg, minimal);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_by_name() {
+        let e = with("[workers]\ncorez = [1]").unwrap_err().to_string();
+        assert!(e.contains("unknown field `corez`"), "{e}");
+        let e = with("[bogus]\nx = 1").unwrap_err().to_string();
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = with("[workers]\nburst = \"lots\"").unwrap_err().to_string();
+        assert!(e.contains("burst"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_field_and_expectation() {
+        let cases = [
+            ("[workers]\nburst = 0", "workers.burst"),
+            ("[workers]\nburst = 1000", "workers.burst"),
+            ("[workers]\ncores = []", "workers.cores"),
+            ("[workers]\ncores = [0]", "workers.cores"),
+            ("[workers]\ncores = [1, 1]", "workers.cores"),
+            ("[mempool]\nmbufs = 1000\ncache = 32", "mempool.mbufs"),
+            ("[mempool]\ncache = 100000", "mempool.cache"),
+            ("[mempool]\ndata_room = 100", "mempool.data_room"),
+            ("[eal]\nargs = [\"-l\", \"0-1\"]", "eal.args"),
+            ("[eal]\nfile_prefix = \"a/b\"", "eal.file_prefix"),
+        ];
+        for (edit, field) in cases {
+            let e = with(edit).unwrap_err().to_string();
+            assert!(e.contains(field), "{edit:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn same_device_twice_is_rejected() {
+        let e = Config::from_toml(
+            "[ports.subscriber]\ndevice = \"net_null0\"\n[ports.upstream]\ndevice = \"net_null0,copy=1\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ports.upstream.device"), "{e}");
+    }
+
+    #[test]
+    fn devices_parse_pci_and_vdev() {
+        assert_eq!(
+            Device::parse("f", "0000:03:00.0").unwrap(),
+            Device::Pci("0000:03:00.0".into())
+        );
+        assert_eq!(
+            Device::parse("f", "03:00.1").unwrap(),
+            Device::Pci("03:00.1".into())
+        );
+        let d = Device::parse("f", "net_pcap0,rx_pcap=a.pcap").unwrap();
+        assert_eq!(d.port_name(), "net_pcap0");
+        for bad in [
+            "",
+            "eth0",
+            "net_",
+            "00:03:00.0.1",
+            "net_tap0 ,iface=x",
+            "xyz,iface=1",
+        ] {
+            assert!(Device::parse("f", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn eal_args_derive_lcores_devices_and_prefix() {
+        let cfg = with("[workers]\nmain_core = 0\ncores = [1]").unwrap();
+        let a = cfg.eal_args("sluice", 42, &["--log-level=8".into()]);
+        let s = a.join(" ");
+        assert!(
+            s.starts_with("sluice -l 0,1 --main-lcore 0 --file-prefix sluice-42"),
+            "{s}"
+        );
+        assert!(
+            s.contains("--vdev net_null0,copy=1 --vdev net_null1,copy=1 --no-pci"),
+            "{s}"
+        );
+        assert!(s.ends_with("--log-level=8"), "{s}");
+    }
+}

@@ -1,0 +1,228 @@
+//! Bring-up, run and shutdown of the appliance.
+//!
+//! Order matters and is the one DPDK wants:
+//! 1. EAL init (args derived from the config), then the mempool, then the
+//!    two ports (configured with one queue pair per worker, started).
+//! 2. One [`Worker`] launched per worker lcore.
+//! 3. The main lcore waits for SIGINT/SIGTERM or the requested duration,
+//!    printing live counters meanwhile.
+//! 4. Stop: raise the flag, wait for every worker, read port counters,
+//!    stop and close the ports, then count the pool: in-use must be zero.
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_control::config::Config;
+use thiserror::Error;
+
+use crate::dpdk::{self, DpdkError, Eal, Mempool, Port, PortSetup};
+use crate::stats::{Direction, PortReport, RunReport, WorkerCounters};
+use crate::worker::{Lane, Worker};
+
+/// A failure while bringing the appliance up or running it.
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Dpdk(#[from] DpdkError),
+    #[error("EAL has worker lcores {found:?} but the config asks for {wanted:?}; do not pass -l/--lcores after `--`")]
+    Lcores { wanted: Vec<u32>, found: Vec<u32> },
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("worker on lcore {lcore} failed with code {code}")]
+    Worker { lcore: u32, code: i32 },
+}
+
+/// How one run behaves, beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// EAL arguments given after `--` on the command line.
+    pub extra_eal: Vec<String>,
+    /// Print live counters this often.
+    pub stats_interval: Option<Duration>,
+    /// Stop by itself after this long (as if SIGTERM had arrived).
+    pub duration: Option<Duration>,
+}
+
+/// Runs the appliance until a signal (or `opts.duration`), then shuts down
+/// and returns the final report.
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(AppError::Signal)?;
+    }
+
+    let args = cfg.eal_args("sluice", std::process::id(), &opts.extra_eal);
+    log::info!("EAL arguments: {}", args.join(" "));
+    let eal = Eal::init(&args)?;
+    let found = dpdk::worker_lcores();
+    if found != cfg.workers.cores {
+        return Err(AppError::Lcores {
+            wanted: cfg.workers.cores.clone(),
+            found,
+        });
+    }
+
+    let m = &cfg.mempool;
+    let pool = Mempool::new("sluice_pool", m.mbufs, m.cache, m.data_room)?;
+    let (sub_dev, up_dev) = cfg.devices();
+    let queues = cfg.workers.cores.len() as u16;
+    let mut ports = Vec::with_capacity(2);
+    for (dev, pc) in [
+        (&sub_dev, &cfg.ports.subscriber),
+        (&up_dev, &cfg.ports.upstream),
+    ] {
+        let mut port = Port::by_name(dev.port_name())?;
+        let setup = PortSetup {
+            queues,
+            rx_desc: pc.rx_desc,
+            tx_desc: pc.tx_desc,
+        };
+        port.configure(setup, &pool)?;
+        port.start()?;
+        ports.push(port);
+    }
+    for p in &ports {
+        if let Ok(l) = p.link() {
+            log::info!(
+                "port {} ({}): link {} {} Mbit/s",
+                p.name(),
+                p.id(),
+                if l.up { "up" } else { "down" },
+                l.speed_mbps
+            );
+        }
+    }
+
+    let started = Instant::now();
+    let mut counters = Vec::new();
+    let mut launch_error = None;
+    for (q, &lcore) in cfg.workers.cores.iter().enumerate() {
+        let q = q as u16;
+        let c = Arc::new(WorkerCounters::default());
+        let worker = Worker {
+            lcore,
+            lanes: vec![
+                Lane {
+                    direction: Direction::Upstream,
+                    rx: ports[0].rx_queue(q),
+                    tx: ports[1].tx_queue(q),
+                },
+                Lane {
+                    direction: Direction::Downstream,
+                    rx: ports[1].rx_queue(q),
+                    tx: ports[0].tx_queue(q),
+                },
+            ],
+            burst: cfg.workers.burst,
+            counters: Arc::clone(&c),
+            stop: Arc::clone(&stop),
+        };
+        if let Err(e) = dpdk::launch(lcore, move || worker.run()) {
+            launch_error = Some(e);
+            stop.store(true, Ordering::SeqCst);
+            break;
+        }
+        counters.push((lcore, c));
+    }
+    if launch_error.is_none() {
+        println!(
+            "sluice: forwarding {} <-> {} on {} worker(s) (lcores {:?}); Ctrl-C stops",
+            ports[0].name(),
+            ports[1].name(),
+            counters.len(),
+            cfg.workers.cores
+        );
+        main_loop(&stop, started, opts, &counters);
+    }
+
+    // Shutdown: workers first, then ports, then the pool check.
+    stop.store(true, Ordering::SeqCst);
+    let mut worker_error = None;
+    for (lcore, _) in &counters {
+        let code = dpdk::wait(*lcore);
+        if code != 0 {
+            worker_error = Some(AppError::Worker {
+                lcore: *lcore,
+                code,
+            });
+        }
+    }
+    let elapsed_secs = started.elapsed().as_secs_f64();
+    let mut port_reports = Vec::new();
+    for (role, p) in ["subscriber", "upstream"].into_iter().zip(&mut ports) {
+        let s = p.stats()?;
+        port_reports.push(PortReport::new(role, p.name(), s));
+        p.stop();
+    }
+    drop(ports);
+    let report = RunReport {
+        elapsed_secs,
+        ports: port_reports,
+        workers: counters.iter().map(|(l, c)| c.snapshot(*l)).collect(),
+        pool_size: pool.size(),
+        pool_in_use: pool.in_use(),
+    };
+    drop(pool);
+    drop(eal);
+    if let Some(e) = launch_error {
+        return Err(e.into());
+    }
+    if let Some(e) = worker_error {
+        return Err(e);
+    }
+    Ok(report)
+}
+
+fn main_loop(
+    stop: &AtomicBool,
+    started: Instant,
+    opts: &RunOptions,
+    counters: &[(u32, Arc<WorkerCounters>)],
+) {
+    let tick = Duration::from_millis(50);
+    let mut last_print = started;
+    let mut last_totals = [(0u64, 0u64); 2];
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        let now = Instant::now();
+        if opts
+            .duration
+            .is_some_and(|d| now.duration_since(started) >= d)
+        {
+            break;
+        }
+        let Some(every) = opts.stats_interval else {
+            continue;
+        };
+        if now.duration_since(last_print) < every {
+            continue;
+        }
+        let dt = now.duration_since(last_print).as_secs_f64();
+        last_print = now;
+        let mut line = format!("[{:7.1}s]", now.duration_since(started).as_secs_f64());
+        let mut drops = 0;
+        for d in Direction::ALL {
+            let (mut pk, mut by) = (0u64, 0u64);
+            for (_, c) in counters {
+                let s = c.lane(d).snapshot(d);
+                pk += s.tx_packets;
+                by += s.tx_bytes;
+                drops += s.tx_full_drops;
+            }
+            let (lp, lb) = last_totals[d.index()];
+            last_totals[d.index()] = (pk, by);
+            line.push_str(&format!(
+                "  {:<10} {:>12} pkts {:>10.1} kpps {:>9.2} Mbit/s",
+                format!("{d:?}").to_lowercase(),
+                pk,
+                (pk - lp) as f64 / dt / 1e3,
+                (by - lb) as f64 * 8.0 / dt / 1e6
+            ));
+        }
+        line.push_str(&format!("  txq-full drops {drops}"));
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}

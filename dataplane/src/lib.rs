@@ -1,0 +1,16 @@
+//! Sluice's data plane: the DPDK seam, the poll-mode workers and the run loop.
+//!
+//! # Layout
+//! - [`dpdk`]: the only module with `unsafe`: safe owned wrappers (EAL,
+//!   mempool, port, rx/tx queue, mbuf, burst, lcore launch) over `dpdk-sys`.
+//! - [`stats`]: per-worker counters (single writer, lock-free readers) and
+//!   the report printed at shutdown.
+//! - [`worker`]: the per-core poll loop: rx burst, process, tx burst.
+//! - [`app`]: bring-up (EAL, pool, ports), worker launch, the main lcore's
+//!   statistics/stop loop, and the orderly shutdown with the pool leak check.
+#![deny(unsafe_code)]
+
+pub mod app;
+pub mod dpdk;
+pub mod stats;
+pub mod worker;

@@ -1,0 +1,298 @@
+//! Counters. Each worker is the single writer of its own [`WorkerCounters`]
+//! (updated once per burst, never per packet); the main lcore reads them
+//! with relaxed loads for live and final reports.
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crossbeam_utils::CachePadded;
+use serde::Serialize;
+
+use crate::dpdk::PortStats;
+
+/// Which way a packet crosses the appliance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Received on the subscriber port, sent out of the upstream port.
+    #[default]
+    Upstream,
+    /// Received on the upstream port, sent out of the subscriber port.
+    Downstream,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Upstream, Direction::Downstream];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One direction's counters on one worker.
+#[derive(Default)]
+pub struct LaneCounters {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Packets the egress PMD refused (its ring was full); freed and counted.
+    pub tx_full_drops: AtomicU64,
+}
+
+/// A single-writer add: the owning worker is the only writer, so a plain
+/// load+store avoids a locked read-modify-write on the fast path.
+#[inline]
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl LaneCounters {
+    #[inline]
+    pub fn add_rx(&self, packets: u64, bytes: u64) {
+        bump(&self.rx_packets, packets);
+        bump(&self.rx_bytes, bytes);
+    }
+
+    #[inline]
+    pub fn add_tx(&self, packets: u64, bytes: u64, full_drops: u64) {
+        bump(&self.tx_packets, packets);
+        bump(&self.tx_bytes, bytes);
+        bump(&self.tx_full_drops, full_drops);
+    }
+
+    pub fn snapshot(&self, direction: Direction) -> LaneSnapshot {
+        LaneSnapshot {
+            direction,
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            tx_full_drops: self.tx_full_drops.load(Relaxed),
+        }
+    }
+}
+
+/// All counters of one worker, one cache line per direction so that the
+/// reader never shares a line with the other direction's writes.
+#[derive(Default)]
+pub struct WorkerCounters {
+    pub lanes: [CachePadded<LaneCounters>; 2],
+}
+
+impl WorkerCounters {
+    pub fn lane(&self, d: Direction) -> &LaneCounters {
+        &self.lanes[d.index()]
+    }
+
+    pub fn snapshot(&self, lcore: u32) -> WorkerSnapshot {
+        WorkerSnapshot {
+            lcore,
+            lanes: Direction::ALL.map(|d| self.lane(d).snapshot(d)).to_vec(),
+        }
+    }
+}
+
+/// A point-in-time copy of one direction's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LaneSnapshot {
+    pub direction: Direction,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_full_drops: u64,
+}
+
+impl LaneSnapshot {
+    /// Packets received but neither sent nor counted as dropped. Zero after
+    /// a clean shutdown; anything else is a bug.
+    pub fn unaccounted(&self) -> i128 {
+        self.rx_packets as i128 - self.tx_packets as i128 - self.tx_full_drops as i128
+    }
+}
+
+/// A point-in-time copy of one worker's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerSnapshot {
+    pub lcore: u32,
+    pub lanes: Vec<LaneSnapshot>,
+}
+
+/// One port's final report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortReport {
+    pub role: &'static str,
+    pub name: String,
+    pub ipackets: u64,
+    pub opackets: u64,
+    pub ibytes: u64,
+    pub obytes: u64,
+    pub imissed: u64,
+    pub ierrors: u64,
+    pub oerrors: u64,
+    pub rx_nombuf: u64,
+}
+
+impl PortReport {
+    pub fn new(role: &'static str, name: &str, s: PortStats) -> PortReport {
+        PortReport {
+            role,
+            name: name.to_owned(),
+            ipackets: s.ipackets,
+            opackets: s.opackets,
+            ibytes: s.ibytes,
+            obytes: s.obytes,
+            imissed: s.imissed,
+            ierrors: s.ierrors,
+            oerrors: s.oerrors,
+            rx_nombuf: s.rx_nombuf,
+        }
+    }
+}
+
+/// Everything printed (and optionally written as JSON) at shutdown.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub elapsed_secs: f64,
+    pub ports: Vec<PortReport>,
+    pub workers: Vec<WorkerSnapshot>,
+    pub pool_size: u32,
+    pub pool_in_use: u32,
+}
+
+impl RunReport {
+    /// Per-direction totals over all workers.
+    pub fn totals(&self) -> [LaneSnapshot; 2] {
+        let mut t = Direction::ALL.map(|direction| LaneSnapshot {
+            direction,
+            ..Default::default()
+        });
+        for w in &self.workers {
+            for l in &w.lanes {
+                let s = &mut t[l.direction.index()];
+                s.rx_packets += l.rx_packets;
+                s.rx_bytes += l.rx_bytes;
+                s.tx_packets += l.tx_packets;
+                s.tx_bytes += l.tx_bytes;
+                s.tx_full_drops += l.tx_full_drops;
+            }
+        }
+        t
+    }
+
+    /// True when every received packet was sent or counted as dropped.
+    pub fn conserved(&self) -> bool {
+        self.totals().iter().all(|l| l.unaccounted() == 0)
+    }
+
+    /// True when every buffer is back in the pool.
+    pub fn pool_full(&self) -> bool {
+        self.pool_in_use == 0
+    }
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "sluice ran {:.2} s", self.elapsed_secs)?;
+        writeln!(
+            f,
+            "{:<10} {:<12} {:>14} {:>14} {:>16} {:>16} {:>9} {:>9} {:>9} {:>10}",
+            "port",
+            "device",
+            "rx pkts",
+            "tx pkts",
+            "rx bytes",
+            "tx bytes",
+            "missed",
+            "rx err",
+            "tx err",
+            "rx nombuf"
+        )?;
+        for p in &self.ports {
+            writeln!(
+                f,
+                "{:<10} {:<12} {:>14} {:>14} {:>16} {:>16} {:>9} {:>9} {:>9} {:>10}",
+                p.role,
+                p.name,
+                p.ipackets,
+                p.opackets,
+                p.ibytes,
+                p.obytes,
+                p.imissed,
+                p.ierrors,
+                p.oerrors,
+                p.rx_nombuf
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<8} {:<11} {:>14} {:>14} {:>16} {:>14}",
+            "worker", "direction", "rx pkts", "tx pkts", "tx bytes", "txq-full drop"
+        )?;
+        for w in &self.workers {
+            for l in &w.lanes {
+                writeln!(
+                    f,
+                    "{:<8} {:<11} {:>14} {:>14} {:>16} {:>14}",
+                    format!("lcore{}", w.lcore),
+                    format!("{:?}", l.direction).to_lowercase(),
+                    l.rx_packets,
+                    l.tx_packets,
+                    l.tx_bytes,
+                    l.tx_full_drops
+                )?;
+            }
+        }
+        let conserved = if self.conserved() {
+            "yes (rx = tx + counted drops)"
+        } else {
+            "NO: packets unaccounted for"
+        };
+        writeln!(f, "packets conserved: {conserved}")?;
+        if self.pool_full() {
+            write!(f, "mempool: all {} buffers returned", self.pool_size)
+        } else {
+            write!(
+                f,
+                "mempool: LEAK: {} of {} buffers still in use at exit",
+                self.pool_in_use, self.pool_size
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_writer_bumps_accumulate() {
+        let c = WorkerCounters::default();
+        c.lane(Direction::Upstream).add_rx(32, 2048);
+        c.lane(Direction::Upstream).add_tx(30, 1920, 2);
+        c.lane(Direction::Downstream).add_rx(1, 64);
+        let s = c.snapshot(1);
+        assert_eq!(s.lanes[0].rx_packets, 32);
+        assert_eq!(s.lanes[0].unaccounted(), 0);
+        assert_eq!(s.lanes[1].unaccounted(), 1);
+    }
+
+    #[test]
+    fn report_flags_unconserved_and_leaks() {
+        let c = WorkerCounters::default();
+        c.lane(Direction::Upstream).add_rx(10, 640);
+        c.lane(Direction::Upstream).add_tx(9, 576, 0);
+        let r = RunReport {
+            elapsed_secs: 1.0,
+            ports: vec![],
+            workers: vec![c.snapshot(1)],
+            pool_size: 100,
+            pool_in_use: 3,
+        };
+        assert!(!r.conserved());
+        assert!(!r.pool_full());
+        let text = r.to_string();
+        assert!(text.contains("NO: packets unaccounted"), "{text}");
+        assert!(text.contains("LEAK: 3 of 100"), "{text}");
+    }
+}
