@@ -12,5 +12,7 @@
 
 pub mod app;
 pub mod dpdk;
+pub mod flow;
+pub mod packet;
 pub mod stats;
 pub mod worker;

@@ -1,0 +1,1 @@
+//! Per-worker flow table (no DPDK). Filled in by the rewrite work (issue 3).
