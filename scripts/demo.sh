@@ -28,9 +28,9 @@ trap cleanup EXIT
 step() { printf '\n=== %s\n' "$*"; }
 
 step "starting sluice (embedded default config)"
-./target/release/sluice --stats-interval 1 &
+./target/release/sluice --stats-interval 1 --ready-file "$work/ready" &
 sluice_pid=$!
-scripts/netns.sh up "$NS_SUB" sl-sub "$A/24" "$NS_UP" sl-up "$B/24"
+READY_FILE="$work/ready" scripts/netns.sh up "$NS_SUB" sl-sub "$A/24" "$NS_UP" sl-up "$B/24"
 echo "subscriber host $A in netns $NS_SUB  <->  sluice  <->  upstream host $B in netns $NS_UP"
 
 ip netns exec "$NS_UP" tcpdump -i sl-up -nn -U -w "$work/far.pcap" 2>/dev/null &

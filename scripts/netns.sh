@@ -9,6 +9,11 @@
 #   netns.sh down NS_A NS_B
 #       Deletes the namespaces (the taps go with them or back to sluice).
 #
+# With READY_FILE set, `up` first waits for that file (sluice --ready-file):
+# the tap PMD configures its kernel interface by name in sluice's own
+# namespace while the port starts, so a tap moved away before then breaks
+# the start.
+#
 # Addresses: use 198.18.0.0/15 (RFC 2544, reserved for benchmarking network
 # devices); it never leaves these namespaces.
 set -euo pipefail
@@ -40,6 +45,17 @@ case "${1:-}" in
   up)
     [ $# -ge 7 ] || { echo "usage: $0 up NS_A IF_A ADDR_A NS_B IF_B ADDR_B [TIMEOUT_S]" >&2; exit 2; }
     timeout=${8:-20}
+    if [ -n "${READY_FILE:-}" ]; then
+      i=0
+      while [ ! -e "$READY_FILE" ]; do
+        i=$((i + 1))
+        if [ "$i" -gt $((timeout * 10)) ]; then
+          echo "netns: $READY_FILE did not appear within ${timeout}s (did sluice fail to start?)" >&2
+          exit 1
+        fi
+        sleep 0.1
+      done
+    fi
     wait_if "$3" "$timeout"
     wait_if "$6" "$timeout"
     host_up "$2" "$3" "$4"

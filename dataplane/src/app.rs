@@ -9,6 +9,7 @@
 //! 4. Stop: raise the flag, wait for every worker, read port counters,
 //!    stop and close the ports, then count the pool: in-use must be zero.
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ use crate::worker::{Lane, Worker};
 pub enum AppError {
     #[error(transparent)]
     Dpdk(#[from] DpdkError),
+    #[error("{source}; EAL arguments were: {args}")]
+    Eal { source: DpdkError, args: String },
     #[error("EAL has worker lcores {found:?} but the config asks for {wanted:?}; do not pass -l/--lcores after `--`")]
     Lcores { wanted: Vec<u32>, found: Vec<u32> },
     #[error("cannot install signal handler: {0}")]
@@ -42,6 +45,9 @@ pub struct RunOptions {
     pub stats_interval: Option<Duration>,
     /// Stop by itself after this long (as if SIGTERM had arrived).
     pub duration: Option<Duration>,
+    /// Created once the ports are started and the workers launched;
+    /// removed at shutdown.
+    pub ready_file: Option<PathBuf>,
 }
 
 /// Runs the appliance until a signal (or `opts.duration`), then shuts down
@@ -54,7 +60,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
 
     let args = cfg.eal_args("sluice", std::process::id(), &opts.extra_eal);
     log::info!("EAL arguments: {}", args.join(" "));
-    let eal = Eal::init(&args)?;
+    let eal = Eal::init(&args).map_err(|source| AppError::Eal {
+        source,
+        args: args.join(" "),
+    })?;
     let found = dpdk::worker_lcores();
     if found != cfg.workers.cores {
         return Err(AppError::Lcores {
@@ -133,7 +142,15 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
             counters.len(),
             cfg.workers.cores
         );
+        if let Some(p) = &opts.ready_file {
+            if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+                log::warn!("cannot write ready file {}: {e}", p.display());
+            }
+        }
         main_loop(&stop, started, opts, &counters);
+        if let Some(p) = &opts.ready_file {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     // Shutdown: workers first, then ports, then the pool check.

@@ -775,10 +775,7 @@ unsafe extern "C" fn trampoline(arg: *mut c_void) -> c_int {
     // SAFETY: arg is the Box<WorkerFn> leaked by `launch`, consumed once here.
     let f: Box<WorkerFn> = unsafe { Box::from_raw(arg as *mut WorkerFn) };
     // A panic must not unwind into C.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(code) => code,
-        Err(_) => -1,
-    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(-1)
 }
 
 /// Runs `f` on worker lcore `lcore` (which must be an idle EAL worker).

@@ -41,6 +41,12 @@ struct Args {
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
 
+    /// Create FILE once the ports are started and the workers run (and remove
+    /// it at exit). Scripts wait for it before moving net_tap interfaces into
+    /// namespaces: the tap PMD configures its interface by name while starting.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+
     /// Also write the final report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
@@ -89,6 +95,7 @@ fn real_main(args: Args) -> Result<(), Failure> {
         extra_eal: args.eal,
         stats_interval: (!stats_interval.is_zero()).then_some(stats_interval),
         duration,
+        ready_file: args.ready_file,
     };
     let report = app::run(&cfg, &opts).map_err(|e| Failure::Runtime(e.into()))?;
     println!("{report}");

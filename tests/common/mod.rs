@@ -1,0 +1,323 @@
+//! Shared helpers for the integration tests: run the real `sluice` binary,
+//! write and read pcaps, build test traffic, and manage network namespaces
+//! through `scripts/netns.sh` (the same helper the demo uses).
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use etherparse::PacketBuilder;
+use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
+
+pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Fails the test (not skips it) when not root: namespaces and taps need it.
+pub fn require_root() {
+    let out = Command::new("id").arg("-u").output().expect("run id -u");
+    let uid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(
+        uid, "0",
+        "this test needs root (network namespaces, tap devices)"
+    );
+}
+
+/// A short name unique to this process and call, for interfaces (<= 15
+/// chars), namespaces and file names.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{tag}{}{n}", std::process::id() % 100_000)
+}
+
+/// Config TOML for a port pair with the given devices and defaults elsewhere.
+pub fn config(sub: &str, up: &str) -> String {
+    format!("[ports.subscriber]\ndevice = \"{sub}\"\n[ports.upstream]\ndevice = \"{up}\"\n")
+}
+
+/// Writes `toml` into a new file in `dir` and returns its path.
+pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
+    let p = dir.join(format!("{}.toml", unique("cfg")));
+    std::fs::write(&p, toml).unwrap();
+    p
+}
+
+/// Runs sluice to completion with a time limit and returns its output.
+pub fn run(args: &[&str], limit: Duration) -> Output {
+    let child = Command::new(SLUICE)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    wait_limit(child, limit)
+}
+
+fn wait_limit(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "sluice did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Text of both output streams, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A sluice running in the background; stopped with SIGINT.
+pub struct Running {
+    child: Option<Child>,
+    pub json: PathBuf,
+    /// Exists while sluice's ports are started (`--ready-file`).
+    pub ready: PathBuf,
+}
+
+impl Running {
+    pub fn start(config: &Path, json: PathBuf) -> Running {
+        let ready = json.with_extension("ready");
+        let child = Command::new(SLUICE)
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--config")
+            .arg(config)
+            .arg("--stats-json")
+            .arg(&json)
+            .args(["--stats-interval", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        Running {
+            child: Some(child),
+            json,
+            ready,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGINT and waits (bounded) for a clean exit.
+    pub fn stop(mut self) -> Output {
+        let child = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        wait_limit(child, Duration::from_secs(20))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The final report sluice wrote with `--stats-json`.
+pub fn report(path: &Path) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Sum of one lane counter over all workers, for `direction`.
+pub fn lane_total(report: &serde_json::Value, direction: &str, field: &str) -> u64 {
+    report["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["lanes"].as_array().unwrap().iter())
+        .filter(|l| l["direction"] == direction)
+        .map(|l| l[field].as_u64().unwrap())
+        .sum()
+}
+
+pub fn port<'a>(report: &'a serde_json::Value, role: &str) -> &'a serde_json::Value {
+    report["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == role)
+        .unwrap()
+}
+
+pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
+    let mut w = PcapWriter::new(File::create(path).unwrap()).unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        let ts = Duration::from_millis(i as u64);
+        w.write_packet(&PcapPacket::new(ts, f.len() as u32, f))
+            .unwrap();
+    }
+}
+
+pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    let mut r = PcapReader::new(File::open(path).unwrap()).unwrap();
+    let mut v = Vec::new();
+    while let Some(p) = r.next_packet() {
+        v.push(p.unwrap().data.into_owned());
+    }
+    v
+}
+
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const V4_A: [u8; 4] = [198, 18, 0, 1];
+const V4_B: [u8; 4] = [198, 18, 0, 2];
+const V6_A: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const V6_B: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+fn frame(write: impl FnOnce(&mut Vec<u8>) -> Result<(), etherparse::WriteError>) -> Vec<u8> {
+    let mut v = Vec::new();
+    write(&mut v).expect("build test frame");
+    v
+}
+
+/// Mixed traffic: IPv4/IPv6 x TCP/UDP, untagged, 802.1Q and QinQ, ICMP,
+/// ARP, a TCP SYN, and a truncated frame. Valid checksums on every complete
+/// packet. `seed` varies the payload bytes.
+pub fn mixed_traffic(seed: u8) -> Vec<Vec<u8>> {
+    let p: Vec<u8> = (0..200u16).map(|i| (i as u8) ^ seed).collect();
+    let eth = || PacketBuilder::ethernet2(MAC_A, MAC_B);
+    let mut frames = vec![
+        frame(|v| {
+            eth()
+                .ipv4(V4_A, V4_B, 64)
+                .tcp(40000, 80, 1, 65535)
+                .ack(7)
+                .write(v, &p[..100])
+        }),
+        frame(|v| eth().ipv4(V4_A, V4_B, 64).udp(5353, 53).write(v, &p[..40])),
+        frame(|v| {
+            eth()
+                .ipv6(V6_A, V6_B, 64)
+                .tcp(40001, 443, 9, 1000)
+                .ack(1)
+                .write(v, &p[..150])
+        }),
+        frame(|v| {
+            eth()
+                .ipv6(V6_A, V6_B, 64)
+                .udp(5060, 5060)
+                .write(v, &p[..10])
+        }),
+        frame(|v| {
+            eth()
+                .single_vlan(100)
+                .ipv4(V4_A, V4_B, 64)
+                .tcp(40002, 8080, 5, 512)
+                .syn()
+                .write(v, &[])
+        }),
+        frame(|v| {
+            eth()
+                .double_vlan(200, 300)
+                .ipv6(V6_A, V6_B, 64)
+                .udp(1234, 4321)
+                .write(v, &p[..64])
+        }),
+        frame(|v| {
+            eth()
+                .ipv4(V4_A, V4_B, 64)
+                .icmpv4_echo_request(1, 1)
+                .write(v, &p[..56])
+        }),
+    ];
+    // ARP request: who-has 198.18.0.2 tell 198.18.0.1, padded to 60 bytes.
+    let mut arp = vec![0xff; 6];
+    arp.extend(MAC_A);
+    arp.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    arp.extend(MAC_A);
+    arp.extend(V4_A);
+    arp.extend([0; 6]);
+    arp.extend(V4_B);
+    arp.resize(60, 0);
+    frames.push(arp);
+    // Truncated: an IPv4/TCP frame cut inside its TCP header.
+    let mut cut = frames[0].clone();
+    cut.truncate(14 + 20 + 8);
+    frames.push(cut);
+    frames
+}
+
+/// Network namespaces created through scripts/netns.sh; deleted on Drop.
+pub struct Namespaces {
+    pub a: String,
+    pub b: String,
+}
+
+impl Namespaces {
+    /// Waits for the two tap interfaces, moves them into new namespaces and
+    /// assigns the addresses.
+    pub fn up(sluice: &Running, if_a: &str, addr_a: &str, if_b: &str, addr_b: &str) -> Namespaces {
+        let ns = Namespaces {
+            a: format!("sl-{if_a}"),
+            b: format!("sl-{if_b}"),
+        };
+        let out = Command::new(repo().join("scripts/netns.sh"))
+            .args(["up", &ns.a, if_a, addr_a, &ns.b, if_b, addr_b, "30"])
+            .env("READY_FILE", &sluice.ready)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "netns.sh up failed: {}",
+            describe(&out)
+        );
+        ns
+    }
+
+    /// Runs a command inside namespace `ns`.
+    pub fn exec(ns: &str, cmd: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(cmd);
+        c
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            // Kill anything still running inside (servers, captures).
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").arg(pid).status();
+                }
+            }
+        }
+        let _ = Command::new(repo().join("scripts/netns.sh"))
+            .args(["down", &self.a, &self.b])
+            .status();
+    }
+}
