@@ -5,6 +5,9 @@
 use std::fmt;
 use std::path::Path;
 
+use std::net::IpAddr;
+
+pub use ipnet::IpNet;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -55,6 +58,95 @@ pub struct Config {
     pub workers: WorkersConfig,
     #[serde(default)]
     pub mempool: MempoolConfig,
+    /// Static rewrite rules (first match wins), applied to traffic from the
+    /// subscriber side; replies get the inverse rewrite. Until the policy
+    /// tables exist, this is how an operator (or a test) sets a treatment.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// The per-worker flow table that remembers each flow's decision and
+    /// its reverse rewrite.
+    #[serde(default)]
+    pub flows: FlowsConfig,
+}
+
+/// A static rule: what it matches (every omitted field matches anything)
+/// and what it does.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// A name for counters and logs.
+    pub name: String,
+    /// Destination prefix, e.g. "198.18.0.2/32" or "2001:db8::/64".
+    pub dst: Option<IpNet>,
+    /// Source (subscriber) prefix.
+    pub src: Option<IpNet>,
+    /// "tcp" or "udp".
+    pub protocol: Option<Protocol>,
+    /// Destination port.
+    pub dst_port: Option<u16>,
+    /// Set DSCP (0..=63) in the IPv4 TOS / IPv6 traffic class.
+    pub dscp: Option<u8>,
+    /// Rewrite the destination port to this one (replies are rewritten back).
+    pub remap_port: Option<u16>,
+    /// Rewrite the destination address to this one (replies are rewritten back).
+    pub remap_ip: Option<IpAddr>,
+    /// Clamp the MSS option of TCP SYN and SYN-ACK to this value.
+    pub mss: Option<u16>,
+}
+
+/// A transport protocol a rule can match.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+/// Flow-table sizing and timeouts.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsConfig {
+    /// Entries per worker (rounded up to a power of two).
+    #[serde(default = "default_flow_capacity")]
+    pub capacity: u32,
+    /// Idle timeout of an established flow, seconds.
+    #[serde(default = "default_idle_secs")]
+    pub idle_timeout_secs: u32,
+    /// Timeout after a TCP FIN or RST was seen, seconds.
+    #[serde(default = "default_closing_secs")]
+    pub closing_timeout_secs: u32,
+}
+
+fn default_flow_capacity() -> u32 {
+    65536
+}
+
+fn default_idle_secs() -> u32 {
+    300
+}
+
+fn default_closing_secs() -> u32 {
+    10
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        FlowsConfig {
+            capacity: default_flow_capacity(),
+            idle_timeout_secs: default_idle_secs(),
+            closing_timeout_secs: default_closing_secs(),
+        }
+    }
 }
 
 /// Extra EAL arguments and the runtime-file prefix.
@@ -400,6 +492,83 @@ impl Config {
                 "\"auto\" or letters, digits, '-' and '_'",
             ));
         }
+        self.validate_rules()
+    }
+
+    fn validate_rules(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::BTreeSet::new();
+        for r in &self.rules {
+            if r.name.is_empty() || !names.insert(r.name.as_str()) {
+                return Err(invalid(
+                    "rules.name",
+                    &r.name,
+                    "a non-empty name, unique among rules",
+                ));
+            }
+            if r.dscp.is_none() && r.remap_port.is_none() && r.remap_ip.is_none() && r.mss.is_none()
+            {
+                return Err(invalid(
+                    "rules",
+                    &r.name,
+                    "at least one action: dscp, remap_port, remap_ip or mss",
+                ));
+            }
+            if let Some(d) = r.dscp {
+                if d > 63 {
+                    return Err(invalid("rules.dscp", d, "a DSCP value in 0..=63"));
+                }
+            }
+            if (r.remap_port.is_some() || r.dst_port.is_some()) && r.protocol.is_none() {
+                return Err(invalid(
+                    "rules.protocol",
+                    &r.name,
+                    "\"tcp\" or \"udp\" when the rule matches or remaps a port",
+                ));
+            }
+            if r.remap_port == Some(0) || r.dst_port == Some(0) {
+                return Err(invalid("rules.remap_port", &r.name, "ports in 1..=65535"));
+            }
+            if let Some(m) = r.mss {
+                if !(536..=9000).contains(&m) {
+                    return Err(invalid("rules.mss", m, "an MSS in 536..=9000"));
+                }
+                if r.protocol == Some(Protocol::Udp) {
+                    return Err(invalid("rules.mss", &r.name, "mss only on tcp rules"));
+                }
+            }
+            if let Some(ip) = r.remap_ip {
+                match r.dst {
+                    Some(net) if net.addr().is_ipv4() == ip.is_ipv4() => {}
+                    _ => {
+                        return Err(invalid(
+                            "rules.remap_ip",
+                            ip,
+                            "a `dst` prefix of the same address family as remap_ip",
+                        ))
+                    }
+                }
+            }
+            if let (Some(a), Some(b)) = (r.src, r.dst) {
+                if a.addr().is_ipv4() != b.addr().is_ipv4() {
+                    return Err(invalid("rules.src", a, "the same address family as dst"));
+                }
+            }
+        }
+        let f = &self.flows;
+        if !(1024..=1 << 24).contains(&f.capacity) {
+            return Err(invalid(
+                "flows.capacity",
+                f.capacity,
+                "1024..=16777216 entries",
+            ));
+        }
+        if f.idle_timeout_secs == 0 || f.closing_timeout_secs == 0 {
+            return Err(invalid(
+                "flows.idle_timeout_secs",
+                (f.idle_timeout_secs, f.closing_timeout_secs),
+                "timeouts of at least 1 s",
+            ));
+        }
         Ok(())
     }
 
@@ -532,6 +701,73 @@ device = "net_null1,copy=1"
         for (edit, field) in cases {
             let e = with(edit).unwrap_err().to_string();
             assert!(e.contains(field), "{edit:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn rules_parse_with_every_action() {
+        let cfg = with(
+            r#"
+[[rules]]
+name = "web"
+dst = "198.18.0.2/32"
+protocol = "tcp"
+dst_port = 80
+remap_port = 8080
+remap_ip = "198.18.0.3"
+dscp = 46
+mss = 1360
+[[rules]]
+name = "v6-voice"
+dst = "2001:db8::/64"
+dscp = 46
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.rules.len(), 2);
+        assert_eq!(cfg.rules[0].remap_port, Some(8080));
+        assert_eq!(cfg.rules[1].dst.unwrap().prefix_len(), 64);
+    }
+
+    #[test]
+    fn bad_rules_name_the_field() {
+        let cases = [
+            ("[[rules]]\nname = \"a\"", "at least one action"),
+            ("[[rules]]\nname = \"a\"\ndscp = 64", "rules.dscp"),
+            ("[[rules]]\nname = \"a\"\nremap_port = 80", "rules.protocol"),
+            (
+                "[[rules]]\nname = \"a\"\nremap_ip = \"1.2.3.4\"",
+                "rules.remap_ip",
+            ),
+            (
+                "[[rules]]\nname = \"a\"\ndst = \"2001:db8::/64\"\nremap_ip = \"1.2.3.4\"",
+                "rules.remap_ip",
+            ),
+            (
+                "[[rules]]\nname = \"a\"\ndst = \"300.1.1.1/8\"\ndscp = 1",
+                "dst",
+            ),
+            (
+                "[[rules]]\nname = \"a\"\nprotocol = \"sctp\"\ndscp = 1",
+                "protocol",
+            ),
+            (
+                "[[rules]]\nname = \"a\"\nprotocol = \"tcp\"\nmss = 100",
+                "rules.mss",
+            ),
+            (
+                "[[rules]]\nname = \"a\"\ndscp = 1\n[[rules]]\nname = \"a\"\ndscp = 2",
+                "rules.name",
+            ),
+            (
+                "[[rules]]\nname = \"a\"\ndscp = 1\ncolour = 3",
+                "unknown field `colour`",
+            ),
+            ("[flows]\ncapacity = 10", "flows.capacity"),
+        ];
+        for (edit, needle) in cases {
+            let e = with(edit).unwrap_err().to_string();
+            assert!(e.contains(needle), "{edit:?} gave {e}");
         }
     }
 
