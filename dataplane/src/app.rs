@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 use sluice_control::config::Config;
 use thiserror::Error;
 
+use crate::classify::StaticRules;
 use crate::dpdk::{self, DpdkError, Eal, Mempool, Port, PortSetup};
+use crate::flow::{FlowTable, FlowTableConfig, FlowTableError};
 use crate::stats::{Direction, PortReport, RunReport, WorkerCounters};
-use crate::worker::{Lane, Worker};
+use crate::worker::{Lane, Pipeline, Worker};
 
 /// A failure while bringing the appliance up or running it.
 #[derive(Debug, Error)]
@@ -32,6 +34,8 @@ pub enum AppError {
     Lcores { wanted: Vec<u32>, found: Vec<u32> },
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("flow table: {0}")]
+    Flows(#[from] FlowTableError),
     #[error("worker on lcore {lcore} failed with code {code}")]
     Worker { lcore: u32, code: i32 },
 }
@@ -103,12 +107,34 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
         }
     }
 
+    let rules = Arc::new(StaticRules::from_config(&cfg.rules));
+    let rule_names: Vec<String> = rules.names().map(str::to_owned).collect();
+    let hz = dpdk::tsc_hz();
+    let flow_cfg = FlowTableConfig {
+        capacity: cfg.flows.capacity,
+        idle_timeout: cfg.flows.idle_timeout_secs as u64 * hz,
+        closing_timeout: cfg.flows.closing_timeout_secs as u64 * hz,
+        seed: dpdk::rdtsc() | 1,
+    };
+    // Built here, on the main lcore, so a bad size fails before any worker starts.
+    let mut pipelines = Vec::new();
+    for _ in &cfg.workers.cores {
+        pipelines.push(if rules.is_empty() {
+            None
+        } else {
+            Some(Pipeline {
+                rules: Arc::clone(&rules),
+                flows: FlowTable::new(flow_cfg)?,
+            })
+        });
+    }
+
     let started = Instant::now();
     let mut counters = Vec::new();
     let mut launch_error = None;
-    for (q, &lcore) in cfg.workers.cores.iter().enumerate() {
+    for ((q, &lcore), pipeline) in cfg.workers.cores.iter().enumerate().zip(pipelines) {
         let q = q as u16;
-        let c = Arc::new(WorkerCounters::default());
+        let c = Arc::new(WorkerCounters::new(rules.len()));
         let worker = Worker {
             lcore,
             lanes: vec![
@@ -126,6 +152,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
             burst: cfg.workers.burst,
             counters: Arc::clone(&c),
             stop: Arc::clone(&stop),
+            pipeline,
         };
         if let Err(e) = dpdk::launch(lcore, move || worker.run()) {
             launch_error = Some(e);
@@ -176,7 +203,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
     let report = RunReport {
         elapsed_secs,
         ports: port_reports,
-        workers: counters.iter().map(|(l, c)| c.snapshot(*l)).collect(),
+        workers: counters.iter().map(|(l, c)| c.snapshot(*l, &rule_names)).collect(),
         pool_size: pool.size(),
         pool_in_use: pool.in_use(),
     };

@@ -1,1 +1,955 @@
-//! Per-worker flow table (no DPDK). Filled in by the rewrite work (issue 3).
+//! The per-worker flow table: established flows keep their decision and the
+//! reverse-rewrite state their replies need. No DPDK, no locks (one table
+//! per worker; symmetric RSS puts both directions on the same worker), no
+//! allocation after [`FlowTable::new`], no clock reads (the caller passes
+//! `now`, in TSC cycles or nanoseconds, the same unit as the timeouts).
+//!
+//! # Both directions
+//! An entry is stored under two keys: the forward key (the first packet's,
+//! before any rewrite) and the reply key (what replies carry once the
+//! forward rewrite is in place; [`FlowKey::reply_key`]). If C sent to S:80
+//! and the flow rewrites that to P:8080, the reply key is
+//! `P:8080 -> C, other direction`, so a reply from the priority endpoint
+//! finds the entry and gets its source rewritten back to S:80
+//! ([`Side::Reply`] plus [`FlowHit::reverse`]).
+//!
+//! If another live flow already owns the reply key (two clients' flows would
+//! become indistinguishable after the rewrite), the insert is refused and
+//! counted in `conflicts`: the new flow is then forwarded unrewritten rather
+//! than breaking the existing one.
+//!
+//! # Layout and cost
+//! Entries live in one preallocated array with a free list. The index is an
+//! array of 64-byte buckets of 8 slots (a 32-bit signature and an entry
+//! reference each); a key may sit in either of two buckets, chosen by the
+//! hash ("two choices", inserted into the emptier one). A lookup is one
+//! hash, at most two bucket cache lines and one key compare per signature
+//! match. The index has 4 slots per entry, so with every entry in use its
+//! buckets are half full on average.
+//!
+//! The hash is a seeded multiply-xorshift over the key's words (no SipHash:
+//! the bounded window below, not the hash, is the defence against crafted
+//! keys; a per-table random seed makes targeting a bucket harder).
+//!
+//! # Expiry and eviction
+//! - Idle timeout: an entry unseen for longer than `idle_timeout` is
+//!   expired when next met (lookup, insert, the [`FlowTable::expire`]
+//!   sweep). After a FIN or RST in either direction the shorter
+//!   `closing_timeout` applies; a new SYN on a closing flow starts a new
+//!   flow (the old entry ends, so the policy is asked again).
+//! - Table full (no free entry): evict from a sample of 16 entries taken
+//!   round-robin, the first expired one, else the least recently seen.
+//! - Both buckets of a key full: evict within that 16-slot probe window,
+//!   expired first, else the least recently seen.
+//!
+//! Removals of expired entries count as `expirations`, of live ones as
+//! `evictions`; both are counted, never silent, and nothing ever grows.
+use thiserror::Error;
+
+use crate::packet::{ActionSet, FlowKey, IpVersion, ReverseRewrite, TCP_ACK, TCP_FIN};
+use crate::packet::{TCP_RST, TCP_SYN};
+use crate::stats::Direction;
+
+/// The largest capacity [`FlowTable::new`] accepts.
+pub const MAX_CAPACITY: u32 = 1 << 24;
+
+const SLOTS: usize = 8;
+const EMPTY: u32 = u32::MAX;
+const EVICT_SAMPLE: usize = 16;
+
+/// The per-flow payload the table keeps for the policy: the actions of the
+/// forward direction and the policy generation they were decided under (a
+/// hit from an older generation is re-classified and updated with
+/// [`FlowTable::set_decision`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowDecision {
+    pub generation: u32,
+    pub actions: ActionSet,
+}
+
+/// Sizing and timeouts, fixed at construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowTableConfig {
+    /// Maximum number of flows (each has two keys). 1..=[`MAX_CAPACITY`].
+    pub capacity: u32,
+    /// Idle time after which a flow expires, in the unit of `now`.
+    pub idle_timeout: u64,
+    /// Idle time after which a flow that saw FIN or RST expires. At most
+    /// `idle_timeout`.
+    pub closing_timeout: u64,
+    /// Hash seed; give each table a random one.
+    pub seed: u64,
+}
+
+impl Default for FlowTableConfig {
+    /// 65 536 flows; timeouts in nanoseconds: 120 s idle, 10 s closing.
+    fn default() -> Self {
+        FlowTableConfig {
+            capacity: 65_536,
+            idle_timeout: 120_000_000_000,
+            closing_timeout: 10_000_000_000,
+            seed: 0x5eed_1ce5_0ff1_0e5e,
+        }
+    }
+}
+
+/// A rejected [`FlowTableConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum FlowTableError {
+    #[error("flow table capacity {0}: expected 1..={MAX_CAPACITY}")]
+    Capacity(u32),
+    #[error("flow closing timeout {closing} is longer than the idle timeout {idle}")]
+    Timeouts { closing: u64, idle: u64 },
+}
+
+/// Why [`FlowTable::insert`] stored nothing. Counted in `conflicts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum InsertError {
+    /// Another live flow already owns this flow's reply key.
+    #[error("another live flow owns the reply key")]
+    ReplyKeyInUse,
+    /// No slot could be freed. Cannot happen with a capacity of at least
+    /// one; it exists so that the insert path has no panic.
+    #[error("no flow slot could be freed")]
+    NoRoom,
+}
+
+/// Which of a flow's two keys a packet matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Same direction as the packet that created the flow: apply the
+    /// decision's actions.
+    Forward,
+    /// The replies: apply [`FlowHit::reverse`].
+    Reply,
+}
+
+/// Names an entry between a lookup and a [`FlowTable::set_decision`] on the
+/// same packet. Stale after the entry is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowHandle(u32);
+
+/// A successful lookup. It borrows the entry rather than copying it (the
+/// copy through the stack cost more than the lookup); copy out what must
+/// outlive the borrow, e.g. before [`FlowTable::set_decision`].
+#[derive(Debug, Clone, Copy)]
+pub struct FlowHit<'a, D> {
+    pub handle: FlowHandle,
+    pub side: Side,
+    pub decision: &'a D,
+    pub reverse: &'a ReverseRewrite,
+}
+
+/// Counters since construction. The worker copies them into its published
+/// stats once per burst.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub hits: u64,
+    pub misses: u64,
+    pub inserts: u64,
+    /// Live flows removed to make room.
+    pub evictions: u64,
+    /// Flows removed because their timeout had passed (including closing
+    /// flows ended by a new SYN).
+    pub expirations: u64,
+    /// Inserts refused with [`InsertError::ReplyKeyInUse`].
+    pub conflicts: u64,
+    /// Flows removed by [`FlowTable::remove`] or replaced by an insert of
+    /// the same forward key.
+    pub removals: u64,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Bucket {
+    sig: [u32; SLOTS],
+    /// `entry index << 1 | side` (0 forward, 1 reply), or `EMPTY`.
+    slot: [u32; SLOTS],
+}
+
+const EMPTY_BUCKET: Bucket = Bucket {
+    sig: [0; SLOTS],
+    slot: [EMPTY; SLOTS],
+};
+
+#[derive(Clone, Copy)]
+struct Entry<D> {
+    /// `[forward, reply]`.
+    keys: [FlowKey; 2],
+    reverse: ReverseRewrite,
+    decision: D,
+    last_seen: u64,
+    live: bool,
+    closing: bool,
+}
+
+const NO_KEY: FlowKey = FlowKey {
+    src: 0,
+    dst: 0,
+    src_port: 0,
+    dst_port: 0,
+    vlan: 0,
+    proto: 0,
+    version: IpVersion::V4,
+    direction: Direction::Upstream,
+};
+
+/// A bounded two-sided flow table, generic over a small `Copy` per-flow
+/// decision (default [`FlowDecision`]). See the module doc.
+pub struct FlowTable<D: Copy + Default = FlowDecision> {
+    entries: Box<[Entry<D>]>,
+    /// Free entry indices. Its capacity is the table's, reserved up front;
+    /// an index is pushed only after it was popped, so it never grows.
+    free: Vec<u32>,
+    buckets: Box<[Bucket]>,
+    mask: usize,
+    seed: u64,
+    idle: u64,
+    closing: u64,
+    /// Next entry the full-table eviction samples.
+    hand: usize,
+    /// Next entry the [`FlowTable::expire`] sweep looks at.
+    sweep: usize,
+    counters: FlowCounters,
+}
+
+impl<D: Copy + Default> FlowTable<D> {
+    /// Allocates everything the table will ever use.
+    pub fn new(cfg: FlowTableConfig) -> Result<Self, FlowTableError> {
+        if cfg.capacity == 0 || cfg.capacity > MAX_CAPACITY {
+            return Err(FlowTableError::Capacity(cfg.capacity));
+        }
+        if cfg.closing_timeout > cfg.idle_timeout {
+            return Err(FlowTableError::Timeouts {
+                closing: cfg.closing_timeout,
+                idle: cfg.idle_timeout,
+            });
+        }
+        let cap = cfg.capacity as usize;
+        // 4 slots per entry (2 keys at 50 % load), at least 2 buckets.
+        let nbuckets = (cap * 4 / SLOTS).next_power_of_two().max(2);
+        Ok(Self::with_buckets(cfg, nbuckets))
+    }
+
+    /// `cfg` validated; `nbuckets` a power of two, at least 2.
+    fn with_buckets(cfg: FlowTableConfig, nbuckets: usize) -> Self {
+        let cap = cfg.capacity as usize;
+        let empty = Entry {
+            keys: [NO_KEY; 2],
+            reverse: ReverseRewrite::default(),
+            decision: D::default(),
+            last_seen: 0,
+            live: false,
+            closing: false,
+        };
+        let mut free = Vec::with_capacity(cap);
+        free.extend((0..cfg.capacity).rev());
+        FlowTable {
+            entries: vec![empty; cap].into_boxed_slice(),
+            free,
+            buckets: vec![EMPTY_BUCKET; nbuckets].into_boxed_slice(),
+            mask: nbuckets - 1,
+            seed: cfg.seed,
+            idle: cfg.idle_timeout,
+            closing: cfg.closing_timeout,
+            hand: 0,
+            sweep: 0,
+            counters: FlowCounters::default(),
+        }
+    }
+
+    /// Maximum number of flows.
+    pub fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Flows currently stored (expired ones included until met).
+    pub fn len(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn counters(&self) -> FlowCounters {
+        self.counters
+    }
+
+    /// Finds the flow a packet belongs to, by either of its keys. On a hit
+    /// the flow is refreshed (`now`) and `tcp_flags` (0 for non-TCP) are
+    /// noted: FIN or RST switch it to the closing timeout. An expired flow,
+    /// or a closing one that sees a new SYN, is removed and reported as a
+    /// miss.
+    #[inline]
+    pub fn lookup(&mut self, key: &FlowKey, tcp_flags: u8, now: u64) -> Option<FlowHit<'_, D>> {
+        let h = self.hash(key);
+        let Some(r) = self.find(key, h) else {
+            self.counters.misses += 1;
+            return None;
+        };
+        let idx = r >> 1;
+        let side = if r & 1 == 0 {
+            Side::Forward
+        } else {
+            Side::Reply
+        };
+        let closing = self.entries.get(idx as usize).is_some_and(|e| e.closing);
+        let reopened =
+            closing && side == Side::Forward && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if reopened || self.is_expired(idx, now) {
+            self.release(idx);
+            self.counters.expirations += 1;
+            self.counters.misses += 1;
+            return None;
+        }
+        self.counters.hits += 1;
+        let e = self.entries.get_mut(idx as usize)?;
+        e.last_seen = e.last_seen.max(now);
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            e.closing = true;
+        }
+        Some(FlowHit {
+            handle: FlowHandle(idx),
+            side,
+            decision: &e.decision,
+            reverse: &e.reverse,
+        })
+    }
+
+    /// Stores a new flow under its forward key `fwd` (the packet's key
+    /// before any rewrite) and its reply key `fwd.reply_key(&reverse)`.
+    /// Makes room by the counted eviction policy in the module doc; never
+    /// allocates. An existing flow with the same forward key is replaced.
+    pub fn insert(
+        &mut self,
+        fwd: FlowKey,
+        reverse: ReverseRewrite,
+        decision: D,
+        tcp_flags: u8,
+        now: u64,
+    ) -> Result<FlowHandle, InsertError> {
+        let rev = fwd.reply_key(&reverse);
+        let (hf, hr) = (self.hash(&fwd), self.hash(&rev));
+        if let Some(r) = self.find(&fwd, hf) {
+            self.release(r >> 1);
+            self.counters.removals += 1;
+        }
+        if let Some(r) = self.find(&rev, hr) {
+            let other = r >> 1;
+            if !self.is_expired(other, now) {
+                self.counters.conflicts += 1;
+                return Err(InsertError::ReplyKeyInUse);
+            }
+            self.release(other);
+            self.counters.expirations += 1;
+        }
+        if self.free.is_empty() {
+            self.evict_sampled(now);
+        }
+        let Some(idx) = self.free.pop() else {
+            return Err(InsertError::NoRoom);
+        };
+        let Some(e) = self.entries.get_mut(idx as usize) else {
+            return Err(InsertError::NoRoom);
+        };
+        *e = Entry {
+            keys: [fwd, rev],
+            reverse,
+            decision,
+            last_seen: now,
+            live: true,
+            closing: tcp_flags & (TCP_FIN | TCP_RST) != 0,
+        };
+        for (h, r) in [(hf, idx << 1), (hr, idx << 1 | 1)] {
+            if !self.place(h, r) {
+                self.evict_in_window(h, idx, now);
+                if !self.place(h, r) {
+                    self.release(idx);
+                    return Err(InsertError::NoRoom);
+                }
+            }
+        }
+        self.counters.inserts += 1;
+        Ok(FlowHandle(idx))
+    }
+
+    /// Replaces the decision of a live flow (after a re-classification).
+    /// Returns false if the handle's flow is gone.
+    pub fn set_decision(&mut self, h: FlowHandle, decision: D) -> bool {
+        match self.entries.get_mut(h.0 as usize) {
+            Some(e) if e.live => {
+                e.decision = decision;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes the flow that `key` (either side) belongs to.
+    pub fn remove(&mut self, key: &FlowKey) -> bool {
+        let h = self.hash(key);
+        match self.find(key, h) {
+            Some(r) => {
+                self.release(r >> 1);
+                self.counters.removals += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Looks at up to `budget` entries (round-robin) and removes the expired
+    /// ones; returns how many. Call it once per burst with a small budget
+    /// so that idle flows leave even if never met again.
+    pub fn expire(&mut self, now: u64, budget: usize) -> usize {
+        let n = self.entries.len();
+        let mut removed = 0;
+        for _ in 0..budget.min(n) {
+            let idx = self.sweep as u32;
+            self.sweep = (self.sweep + 1) % n;
+            if self.is_live(idx) && self.is_expired(idx, now) {
+                self.release(idx);
+                self.counters.expirations += 1;
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    #[inline]
+    fn is_live(&self, idx: u32) -> bool {
+        self.entries.get(idx as usize).is_some_and(|e| e.live)
+    }
+
+    #[inline]
+    fn is_expired(&self, idx: u32, now: u64) -> bool {
+        self.entries.get(idx as usize).is_some_and(|e| {
+            let timeout = if e.closing { self.closing } else { self.idle };
+            now.saturating_sub(e.last_seen) > timeout
+        })
+    }
+
+    /// Seeded multiply-xorshift over the key's six 64-bit words, with a
+    /// final avalanche so that both the low (bucket) and high (signature)
+    /// bits are usable.
+    #[inline]
+    fn hash(&self, k: &FlowKey) -> u64 {
+        const M: u64 = 0x9e37_79b9_7f4a_7c15;
+        let words = [
+            k.src as u64,
+            (k.src >> 64) as u64,
+            k.dst as u64,
+            (k.dst >> 64) as u64,
+            (u64::from(k.src_port) << 48) | (u64::from(k.dst_port) << 32) | u64::from(k.vlan),
+            u64::from(k.proto) | (u64::from(k.version as u8) << 8) | ((k.direction as u64) << 16),
+        ];
+        let mut h = self.seed;
+        for w in words {
+            h = (h ^ w).wrapping_mul(M);
+            h ^= h >> 29;
+        }
+        h ^= h >> 32;
+        h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
+        h ^ (h >> 32)
+    }
+
+    /// The key's two candidate buckets and its signature.
+    #[inline]
+    fn buckets_of(&self, h: u64) -> (usize, usize, u32) {
+        let sig = (h >> 32) as u32;
+        let b1 = h as usize & self.mask;
+        let mut b2 =
+            ((h as u32).rotate_left(16) ^ sig.wrapping_mul(0x9e37_79b9)) as usize & self.mask;
+        if b2 == b1 {
+            b2 = (b1 ^ 1) & self.mask;
+        }
+        (b1, b2, sig)
+    }
+
+    #[inline]
+    fn find(&self, key: &FlowKey, h: u64) -> Option<u32> {
+        let (b1, b2, sig) = self.buckets_of(h);
+        for b in [b1, b2] {
+            let bucket = self.buckets.get(b)?;
+            for (&s, &r) in bucket.sig.iter().zip(bucket.slot.iter()) {
+                if s == sig && r != EMPTY {
+                    let hit = self
+                        .entries
+                        .get((r >> 1) as usize)
+                        .and_then(|e| e.keys.get((r & 1) as usize))
+                        .is_some_and(|k| k == key);
+                    if hit {
+                        return Some(r);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Puts a reference in the emptier of the key's buckets.
+    fn place(&mut self, h: u64, r: u32) -> bool {
+        let (b1, b2, sig) = self.buckets_of(h);
+        let empties = |b: usize| {
+            self.buckets
+                .get(b)
+                .map_or(0, |k| k.slot.iter().filter(|&&s| s == EMPTY).count())
+        };
+        let b = if empties(b1) >= empties(b2) { b1 } else { b2 };
+        let Some(bucket) = self.buckets.get_mut(b) else {
+            return false;
+        };
+        for (s, slot) in bucket.sig.iter_mut().zip(bucket.slot.iter_mut()) {
+            if *slot == EMPTY {
+                *s = sig;
+                *slot = r;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Unlinks both keys of a live entry and frees it.
+    fn release(&mut self, idx: u32) {
+        let Some(e) = self.entries.get_mut(idx as usize) else {
+            return;
+        };
+        if !e.live {
+            return;
+        }
+        e.live = false;
+        let keys = e.keys;
+        for (side, key) in (0u32..).zip(keys.iter()) {
+            let r = idx << 1 | side;
+            let (b1, b2, _) = self.buckets_of(self.hash(key));
+            for b in [b1, b2] {
+                if let Some(bucket) = self.buckets.get_mut(b) {
+                    for (s, slot) in bucket.sig.iter_mut().zip(bucket.slot.iter_mut()) {
+                        if *slot == r {
+                            *slot = EMPTY;
+                            *s = 0;
+                        }
+                    }
+                }
+            }
+        }
+        // Never grows: `idx` was popped from `free` when it became live.
+        self.free.push(idx);
+    }
+
+    /// Of the given live entries, the first expired one, else the least
+    /// recently seen; with whether it had expired.
+    fn pick_victim(&self, candidates: impl Iterator<Item = u32>, now: u64) -> Option<(u32, bool)> {
+        let mut oldest: Option<(u32, u64)> = None;
+        for idx in candidates {
+            let Some(e) = self.entries.get(idx as usize).filter(|e| e.live) else {
+                continue;
+            };
+            if self.is_expired(idx, now) {
+                return Some((idx, true));
+            }
+            let older = match oldest {
+                None => true,
+                Some((_, t)) => e.last_seen < t,
+            };
+            if older {
+                oldest = Some((idx, e.last_seen));
+            }
+        }
+        oldest.map(|(idx, _)| (idx, false))
+    }
+
+    fn evict(&mut self, victim: Option<(u32, bool)>) {
+        if let Some((idx, expired)) = victim {
+            self.release(idx);
+            if expired {
+                self.counters.expirations += 1;
+            } else {
+                self.counters.evictions += 1;
+            }
+        }
+    }
+
+    /// Table full: evict from the next [`EVICT_SAMPLE`] entries.
+    fn evict_sampled(&mut self, now: u64) {
+        let n = self.entries.len();
+        let start = self.hand;
+        self.hand = (self.hand + EVICT_SAMPLE) % n;
+        let sample = (0..EVICT_SAMPLE.min(n)).map(|i| ((start + i) % n) as u32);
+        let victim = self.pick_victim(sample, now);
+        self.evict(victim);
+    }
+
+    /// A key's two buckets are full: evict one flow referenced from them,
+    /// never `keep` (the flow being inserted).
+    fn evict_in_window(&mut self, h: u64, keep: u32, now: u64) {
+        let (b1, b2, _) = self.buckets_of(h);
+        let refs = |b: usize| self.buckets.get(b).map_or([EMPTY; SLOTS], |k| k.slot);
+        let (r1, r2) = (refs(b1), refs(b2));
+        let window = r1
+            .into_iter()
+            .chain(r2)
+            .filter(|&r| r != EMPTY && r >> 1 != keep)
+            .map(|r| r >> 1);
+        let victim = self.pick_victim(window, now);
+        self.evict(victim);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::packet::{PortRewrite, PROTO_TCP, PROTO_UDP};
+
+    const IDLE: u64 = 1_000;
+    const CLOSING: u64 = 100;
+
+    fn cfg(capacity: u32) -> FlowTableConfig {
+        FlowTableConfig {
+            capacity,
+            idle_timeout: IDLE,
+            closing_timeout: CLOSING,
+            seed: 42,
+        }
+    }
+
+    fn table(capacity: u32) -> FlowTable<u32> {
+        FlowTable::new(cfg(capacity)).unwrap()
+    }
+
+    /// Client 10.0.(n>>8).(n&255):n -> 192.0.2.80:80, upstream.
+    fn key(n: u32) -> FlowKey {
+        FlowKey::new(
+            (IpAddr::from([10, 0, (n >> 8) as u8, n as u8]), n as u16),
+            (IpAddr::from([192, 0, 2, 80]), 80),
+            PROTO_TCP,
+            0,
+            Direction::Upstream,
+        )
+        .unwrap()
+    }
+
+    fn remap() -> ReverseRewrite {
+        ReverseRewrite::for_forward(
+            &key(1),
+            &ActionSet {
+                dst_port: Some(8080),
+                dst_addr: Some(IpAddr::from([198, 51, 100, 7])),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn config_is_validated() {
+        assert_eq!(
+            FlowTable::<u32>::new(cfg(0)).err(),
+            Some(FlowTableError::Capacity(0))
+        );
+        assert!(FlowTable::<u32>::new(cfg(MAX_CAPACITY + 1)).is_err());
+        let bad = FlowTableConfig {
+            closing_timeout: IDLE + 1,
+            ..cfg(4)
+        };
+        assert!(matches!(
+            FlowTable::<u32>::new(bad),
+            Err(FlowTableError::Timeouts { .. })
+        ));
+        assert!(FlowTable::<FlowDecision>::new(FlowTableConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn reply_direction_finds_the_entry_with_the_reverse_state() {
+        let mut t = table(16);
+        let rr = remap();
+        t.insert(key(1), rr, 7, 0, 0).unwrap();
+
+        let reply = key(1).reply_key(&rr);
+        assert_eq!(reply.src_port, 8080);
+        let hit = t.lookup(&reply, 0, 1).expect("reply hit");
+        assert_eq!(
+            (hit.side, *hit.decision, *hit.reverse),
+            (Side::Reply, 7, rr)
+        );
+        assert_eq!(
+            hit.reverse.src_port,
+            Some(PortRewrite { from: 8080, to: 80 })
+        );
+
+        let hit = t.lookup(&key(1), 0, 2).expect("forward hit");
+        assert_eq!(hit.side, Side::Forward);
+        // The pre-rewrite reply (from S:80) is not this flow.
+        assert!(t
+            .lookup(&key(1).reply_key(&ReverseRewrite::default()), 0, 3)
+            .is_none());
+        let c = t.counters();
+        assert_eq!((c.hits, c.misses, c.inserts), (2, 1, 1));
+    }
+
+    #[test]
+    fn keys_differ_by_direction_vlan_and_protocol() {
+        let mut t = table(16);
+        t.insert(key(1), ReverseRewrite::default(), 1, 0, 0)
+            .unwrap();
+        let mut k = key(1);
+        k.direction = Direction::Downstream;
+        assert!(t.lookup(&k, 0, 0).is_none());
+        let mut k = key(1);
+        k.vlan = 1 << 24 | 5;
+        assert!(t.lookup(&k, 0, 0).is_none());
+        let mut k = key(1);
+        k.proto = PROTO_UDP;
+        assert!(t.lookup(&k, 0, 0).is_none());
+    }
+
+    #[test]
+    fn idle_flows_expire_and_traffic_keeps_them_alive() {
+        let mut t = table(16);
+        t.insert(key(1), remap(), 1, 0, 0).unwrap();
+        assert!(
+            t.lookup(&key(1), 0, IDLE).is_some(),
+            "exactly the timeout is not idle"
+        );
+        // Reply traffic refreshes the flow as well.
+        let reply = key(1).reply_key(&remap());
+        assert!(t.lookup(&reply, 0, 2 * IDLE).is_some());
+        assert!(t.lookup(&key(1), 0, 3 * IDLE + 1).is_none());
+        assert!(
+            t.lookup(&reply, 0, 3 * IDLE + 1).is_none(),
+            "both keys gone"
+        );
+        assert_eq!(t.counters().expirations, 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn fin_or_rst_switches_to_the_closing_timeout() {
+        for flags in [TCP_FIN | TCP_ACK, TCP_RST] {
+            let mut t = table(16);
+            t.insert(key(1), remap(), 1, TCP_SYN, 0).unwrap();
+            let reply = key(1).reply_key(&remap());
+            // The FIN or RST comes from the server side.
+            assert!(t.lookup(&reply, flags, 10).is_some());
+            assert!(t.lookup(&key(1), TCP_ACK, 10 + CLOSING).is_some());
+            assert!(t.lookup(&key(1), TCP_ACK, 10 + 2 * CLOSING + 1).is_none());
+            assert_eq!(t.counters().expirations, 1);
+        }
+    }
+
+    #[test]
+    fn a_flow_inserted_with_rst_starts_closing() {
+        let mut t = table(4);
+        t.insert(key(1), remap(), 1, TCP_RST, 0).unwrap();
+        assert!(t.lookup(&key(1), 0, CLOSING + 1).is_none());
+    }
+
+    #[test]
+    fn a_new_syn_on_a_closing_flow_starts_a_new_flow() {
+        let mut t = table(16);
+        t.insert(key(1), remap(), 1, TCP_SYN, 0).unwrap();
+        assert!(t.lookup(&key(1), TCP_FIN | TCP_ACK, 1).is_some());
+        // Retransmitted SYN-ACK-like segments do not reopen; a bare SYN does.
+        assert!(t.lookup(&key(1), TCP_SYN | TCP_ACK, 2).is_some());
+        assert!(t.lookup(&key(1), TCP_SYN, 3).is_none());
+        assert!(t.is_empty());
+        // A SYN on a flow that is not closing is just a hit (retransmission).
+        t.insert(key(1), remap(), 2, TCP_SYN, 4).unwrap();
+        assert!(t.lookup(&key(1), TCP_SYN, 5).is_some());
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_and_counts_it() {
+        let mut t = table(4);
+        for n in 0..4 {
+            t.insert(key(n), remap(), n, 0, u64::from(n)).unwrap();
+        }
+        // Refresh flow 0, so flow 1 is now the least recently seen.
+        assert!(t.lookup(&key(0), 0, 10).is_some());
+        t.insert(key(10), remap(), 10, 0, 11).unwrap();
+        assert_eq!(t.len(), 4);
+        assert!(t.lookup(&key(1), 0, 12).is_none(), "oldest evicted");
+        for n in [0, 2, 3, 10] {
+            assert!(t.lookup(&key(n), 0, 12).is_some(), "flow {n} kept");
+        }
+        let c = t.counters();
+        assert_eq!((c.evictions, c.expirations, c.inserts), (1, 0, 5));
+    }
+
+    #[test]
+    fn a_full_table_evicts_expired_flows_first() {
+        let mut t = table(4);
+        t.insert(key(0), remap(), 0, 0, 500).unwrap();
+        t.insert(key(1), remap(), 1, 0, 0).unwrap(); // idle since 0
+        t.insert(key(2), remap(), 2, 0, 400).unwrap();
+        t.insert(key(3), remap(), 3, 0, 900).unwrap();
+        t.insert(key(4), remap(), 4, 0, IDLE + 1).unwrap();
+        let c = t.counters();
+        assert_eq!((c.evictions, c.expirations), (0, 1));
+        assert!(t.lookup(&key(1), 0, IDLE + 1).is_none());
+        assert!(t.lookup(&key(0), 0, IDLE + 1).is_some());
+    }
+
+    #[test]
+    fn a_taken_reply_key_refuses_the_insert_until_it_expires() {
+        // Two servers remapped to the same endpoint from the same client
+        // port: after the rewrite their replies would be indistinguishable.
+        let mut t = table(16);
+        let rr = remap();
+        t.insert(key(1), rr, 1, 0, 0).unwrap();
+        let mut other = key(1);
+        other.dst = u128::from(u32::from_be_bytes([192, 0, 2, 81]));
+        let rr2 = ReverseRewrite {
+            src_addr: rr.src_addr.map(|a| crate::packet::AddrRewrite {
+                to: other.dst_addr(),
+                ..a
+            }),
+            ..rr
+        };
+        assert_eq!(other.reply_key(&rr2), key(1).reply_key(&rr));
+        assert_eq!(
+            t.insert(other, rr2, 2, 0, 1),
+            Err(InsertError::ReplyKeyInUse)
+        );
+        assert_eq!(t.counters().conflicts, 1);
+        assert_eq!(t.lookup(&key(1), 0, 1).map(|h| *h.decision), Some(1));
+        assert!(t.insert(other, rr2, 2, 0, 2 * IDLE).is_ok());
+        assert_eq!(t.counters().expirations, 1);
+    }
+
+    #[test]
+    fn inserting_a_known_forward_key_replaces_the_flow() {
+        let mut t = table(4);
+        t.insert(key(1), remap(), 1, 0, 0).unwrap();
+        t.insert(key(1), ReverseRewrite::default(), 2, 0, 1)
+            .unwrap();
+        assert_eq!(t.len(), 1);
+        assert!(t.lookup(&key(1).reply_key(&remap()), 0, 2).is_none());
+        assert_eq!(t.lookup(&key(1), 0, 2).map(|h| *h.decision), Some(2));
+        assert_eq!(t.counters().removals, 1);
+    }
+
+    #[test]
+    fn decision_can_be_replaced_through_the_handle() {
+        let mut t = table(4);
+        let h = t.insert(key(1), remap(), 1, 0, 0).unwrap();
+        assert!(t.set_decision(h, 9));
+        assert_eq!(t.lookup(&key(1), 0, 1).map(|h| *h.decision), Some(9));
+        assert!(t.remove(&key(1).reply_key(&remap())));
+        assert!(!t.set_decision(h, 10), "stale handle");
+        assert!(!t.remove(&key(1)));
+    }
+
+    #[test]
+    fn the_sweep_removes_idle_flows_within_its_budget() {
+        let mut t = table(64);
+        for n in 0..64 {
+            t.insert(key(n), remap(), n, 0, if n < 10 { 0 } else { 1500 })
+                .unwrap();
+        }
+        let mut removed = 0;
+        for _ in 0..8 {
+            removed += t.expire(IDLE + 1, 8);
+        }
+        assert_eq!(removed, 10);
+        assert_eq!(t.len(), 54);
+        assert_eq!(t.counters().expirations, 10);
+    }
+
+    #[test]
+    fn the_table_never_grows_past_its_capacity() {
+        let mut t = table(1000);
+        let (e, b, f) = (t.entries.len(), t.buckets.len(), t.free.capacity());
+        for n in 0..100_000u32 {
+            let k = key(n % 5000);
+            if t.lookup(&k, 0, u64::from(n)).is_none() {
+                let _ = t.insert(k, remap(), n, 0, u64::from(n));
+            }
+            assert!(t.len() <= 1000);
+        }
+        assert_eq!(
+            (t.entries.len(), t.buckets.len(), t.free.capacity()),
+            (e, b, f)
+        );
+        let c = t.counters();
+        assert_eq!(
+            c.inserts - c.evictions - c.expirations - c.removals,
+            t.len() as u64
+        );
+        assert!(c.evictions > 0);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u16, bool),
+        Lookup(u16, bool),
+        Remove(u16),
+        Tick(u16),
+        Sweep(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u16..300, any::<bool>()).prop_map(|(n, r)| Op::Insert(n, r)),
+            4 => (0u16..300, any::<bool>()).prop_map(|(n, r)| Op::Lookup(n, r)),
+            1 => (0u16..300).prop_map(Op::Remove),
+            1 => (0u16..400).prop_map(Op::Tick),
+            1 => any::<u8>().prop_map(Op::Sweep),
+        ]
+    }
+
+    proptest! {
+        /// Against a model with no capacity limit: the table may forget
+        /// flows (eviction, expiry) but never returns a wrong one, never
+        /// exceeds its capacity and its counters add up. The index is made
+        /// tiny so that full probe windows are common.
+        #[test]
+        fn lookups_are_never_wrong_and_counters_add_up(
+            ops in prop::collection::vec(op(), 1..400),
+            capacity in 1u32..64,
+            nbuckets_log in 1u32..4,
+        ) {
+            let mut t: FlowTable<u32> = FlowTable::with_buckets(cfg(capacity), 1 << nbuckets_log);
+            let mut model: HashMap<u16, ReverseRewrite> = HashMap::new();
+            let mut now = 0u64;
+            for op in ops {
+                match op {
+                    Op::Insert(n, remapped) => {
+                        let rr = if remapped { remap() } else { ReverseRewrite::default() };
+                        if t.insert(key(n.into()), rr, n.into(), 0, now).is_ok() {
+                            model.insert(n, rr);
+                        }
+                    }
+                    Op::Lookup(n, reply) => {
+                        let Some(&rr) = model.get(&n) else {
+                            prop_assert!(t.lookup(&key(n.into()), 0, now).is_none());
+                            continue;
+                        };
+                        let k = if reply { key(n.into()).reply_key(&rr) } else { key(n.into()) };
+                        if let Some(hit) = t.lookup(&k, 0, now) {
+                            prop_assert_eq!(*hit.decision, u32::from(n));
+                            prop_assert_eq!(*hit.reverse, rr);
+                            prop_assert_eq!(hit.side, if reply { Side::Reply } else { Side::Forward });
+                        }
+                    }
+                    Op::Remove(n) => {
+                        t.remove(&key(n.into()));
+                        model.remove(&n);
+                    }
+                    Op::Tick(d) => now += u64::from(d),
+                    Op::Sweep(b) => {
+                        t.expire(now, b.into());
+                    }
+                }
+                prop_assert!(t.len() <= t.capacity());
+                let c = t.counters();
+                prop_assert_eq!(c.inserts - c.evictions - c.expirations - c.removals, t.len() as u64);
+            }
+        }
+    }
+}

@@ -5,12 +5,17 @@
 //!   mempool, port, rx/tx queue, mbuf, burst, lcore launch) over `dpdk-sys`.
 //! - [`stats`]: per-worker counters (single writer, lock-free readers) and
 //!   the report printed at shutdown.
+//! - [`packet`]: parsing and rewrite actions over `&mut [u8]` (no DPDK).
+//! - [`flow`]: the per-worker flow table: each flow's decision and the
+//!   reverse rewrite its replies need.
+//! - [`classify`]: which treatment a new flow gets (static rules today).
 //! - [`worker`]: the per-core poll loop: rx burst, process, tx burst.
 //! - [`app`]: bring-up (EAL, pool, ports), worker launch, the main lcore's
 //!   statistics/stop loop, and the orderly shutdown with the pool leak check.
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod classify;
 pub mod dpdk;
 pub mod flow;
 pub mod packet;

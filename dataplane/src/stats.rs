@@ -1,6 +1,7 @@
 //! Counters. Each worker is the single writer of its own [`WorkerCounters`]
 //! (updated once per burst, never per packet); the main lcore reads them
 //! with relaxed loads for live and final reports.
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -8,6 +9,8 @@ use crossbeam_utils::CachePadded;
 use serde::Serialize;
 
 use crate::dpdk::PortStats;
+use crate::flow::FlowCounters;
+use crate::packet::{Action, Outcome, ParseError};
 
 /// Which way a packet crosses the appliance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -72,24 +75,158 @@ impl LaneCounters {
     }
 }
 
+/// Counters of the packet path beyond forwarding: parse failures, what
+/// each action did, rule hits and the flow table.
+pub struct PathCounters {
+    pub parse_errors: [AtomicU64; ParseError::COUNT],
+    pub actions: [[AtomicU64; Outcome::COUNT]; Action::COUNT],
+    pub rule_hits: Box<[AtomicU64]>,
+    pub flow_hits: AtomicU64,
+    pub flow_misses: AtomicU64,
+    pub flow_inserts: AtomicU64,
+    pub flow_evictions: AtomicU64,
+    pub flow_expirations: AtomicU64,
+    pub flow_conflicts: AtomicU64,
+    pub flows_active: AtomicU64,
+}
+
+impl PathCounters {
+    pub fn new(rules: usize) -> PathCounters {
+        PathCounters {
+            parse_errors: Default::default(),
+            actions: Default::default(),
+            rule_hits: (0..rules).map(|_| AtomicU64::new(0)).collect(),
+            flow_hits: AtomicU64::new(0),
+            flow_misses: AtomicU64::new(0),
+            flow_inserts: AtomicU64::new(0),
+            flow_evictions: AtomicU64::new(0),
+            flow_expirations: AtomicU64::new(0),
+            flow_conflicts: AtomicU64::new(0),
+            flows_active: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    pub fn parse_error(&self, e: ParseError) {
+        if let Some(c) = self.parse_errors.get(e.index()) {
+            bump(c, 1);
+        }
+    }
+
+    #[inline]
+    pub fn action(&self, a: Action, o: Outcome) {
+        if let Some(c) = self.actions.get(a.index()).and_then(|row| row.get(o.index())) {
+            bump(c, 1);
+        }
+    }
+
+    #[inline]
+    pub fn rule_hit(&self, rule: usize) {
+        if let Some(c) = self.rule_hits.get(rule) {
+            bump(c, 1);
+        }
+    }
+
+    /// Publishes the flow table's own counters (once per burst).
+    #[inline]
+    pub fn publish_flows(&self, f: &FlowCounters, active: usize) {
+        self.flow_hits.store(f.hits, Relaxed);
+        self.flow_misses.store(f.misses, Relaxed);
+        self.flow_inserts.store(f.inserts, Relaxed);
+        self.flow_evictions.store(f.evictions, Relaxed);
+        self.flow_expirations.store(f.expirations, Relaxed);
+        self.flow_conflicts.store(f.conflicts, Relaxed);
+        self.flows_active.store(active as u64, Relaxed);
+    }
+
+    fn snapshot(&self, rule_names: &[String]) -> PathSnapshot {
+        let nonzero = |c: &AtomicU64| Some(c.load(Relaxed)).filter(|&v| v > 0);
+        PathSnapshot {
+            parse_errors: ParseError::ALL
+                .iter()
+                .filter_map(|e| Some((e.name().to_owned(), nonzero(&self.parse_errors[e.index()])?)))
+                .collect(),
+            actions: Action::ALL
+                .iter()
+                .filter_map(|a| {
+                    let row: BTreeMap<String, u64> = Outcome::ALL
+                        .iter()
+                        .filter_map(|o| {
+                            Some((o.name().to_owned(), nonzero(&self.actions[a.index()][o.index()])?))
+                        })
+                        .collect();
+                    (!row.is_empty()).then(|| (a.name().to_owned(), row))
+                })
+                .collect(),
+            rule_hits: rule_names
+                .iter()
+                .zip(self.rule_hits.iter())
+                .map(|(n, c)| (n.clone(), c.load(Relaxed)))
+                .collect(),
+            flows: FlowSnapshot {
+                hits: self.flow_hits.load(Relaxed),
+                misses: self.flow_misses.load(Relaxed),
+                inserts: self.flow_inserts.load(Relaxed),
+                evictions: self.flow_evictions.load(Relaxed),
+                expirations: self.flow_expirations.load(Relaxed),
+                conflicts: self.flow_conflicts.load(Relaxed),
+                active: self.flows_active.load(Relaxed),
+            },
+        }
+    }
+}
+
 /// All counters of one worker, one cache line per direction so that the
 /// reader never shares a line with the other direction's writes.
-#[derive(Default)]
 pub struct WorkerCounters {
     pub lanes: [CachePadded<LaneCounters>; 2],
+    pub path: CachePadded<PathCounters>,
 }
 
 impl WorkerCounters {
+    /// Counters for a worker applying `rules` static rules.
+    pub fn new(rules: usize) -> WorkerCounters {
+        WorkerCounters {
+            lanes: Default::default(),
+            path: CachePadded::new(PathCounters::new(rules)),
+        }
+    }
+
     pub fn lane(&self, d: Direction) -> &LaneCounters {
         &self.lanes[d.index()]
     }
 
-    pub fn snapshot(&self, lcore: u32) -> WorkerSnapshot {
+    pub fn snapshot(&self, lcore: u32, rule_names: &[String]) -> WorkerSnapshot {
         WorkerSnapshot {
             lcore,
             lanes: Direction::ALL.map(|d| self.lane(d).snapshot(d)).to_vec(),
+            path: self.path.snapshot(rule_names),
         }
     }
+}
+
+/// Flow-table counters of one worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FlowSnapshot {
+    pub hits: u64,
+    pub misses: u64,
+    pub inserts: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    pub conflicts: u64,
+    pub active: u64,
+}
+
+/// A point-in-time copy of one worker's packet-path counters; zero
+/// counters are left out of the maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PathSnapshot {
+    pub parse_errors: BTreeMap<String, u64>,
+    /// action name -> outcome name -> packets.
+    pub actions: BTreeMap<String, BTreeMap<String, u64>>,
+    /// rule name -> flows classified by it.
+    pub rule_hits: BTreeMap<String, u64>,
+    pub flows: FlowSnapshot,
 }
 
 /// A point-in-time copy of one direction's counters.
@@ -116,6 +253,7 @@ impl LaneSnapshot {
 pub struct WorkerSnapshot {
     pub lcore: u32,
     pub lanes: Vec<LaneSnapshot>,
+    pub path: PathSnapshot,
 }
 
 /// One port's final report.
@@ -243,6 +381,9 @@ impl fmt::Display for RunReport {
                 )?;
             }
         }
+        for w in &self.workers {
+            write_path(f, w.lcore, &w.path)?;
+        }
         let conserved = if self.conserved() {
             "yes (rx = tx + counted drops)"
         } else {
@@ -261,17 +402,44 @@ impl fmt::Display for RunReport {
     }
 }
 
+fn write_path(f: &mut fmt::Formatter<'_>, lcore: u32, p: &PathSnapshot) -> fmt::Result {
+    let fl = &p.flows;
+    if fl.inserts > 0 || fl.misses > 0 {
+        writeln!(
+            f,
+            "lcore{lcore} flows: {} active, {} hits, {} misses, {} inserts, {} evicted, {} expired, {} conflicts",
+            fl.active, fl.hits, fl.misses, fl.inserts, fl.evictions, fl.expirations, fl.conflicts
+        )?;
+    }
+    let join = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if !p.rule_hits.is_empty() {
+        writeln!(f, "lcore{lcore} rule hits (flows): {}", join(&p.rule_hits))?;
+    }
+    for (action, outcomes) in &p.actions {
+        writeln!(f, "lcore{lcore} action {action}: {}", join(outcomes))?;
+    }
+    if !p.parse_errors.is_empty() {
+        writeln!(f, "lcore{lcore} not parsed (forwarded untouched): {}", join(&p.parse_errors))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn single_writer_bumps_accumulate() {
-        let c = WorkerCounters::default();
+        let c = WorkerCounters::new(0);
         c.lane(Direction::Upstream).add_rx(32, 2048);
         c.lane(Direction::Upstream).add_tx(30, 1920, 2);
         c.lane(Direction::Downstream).add_rx(1, 64);
-        let s = c.snapshot(1);
+        let s = c.snapshot(1, &[]);
         assert_eq!(s.lanes[0].rx_packets, 32);
         assert_eq!(s.lanes[0].unaccounted(), 0);
         assert_eq!(s.lanes[1].unaccounted(), 1);
@@ -279,13 +447,13 @@ mod tests {
 
     #[test]
     fn report_flags_unconserved_and_leaks() {
-        let c = WorkerCounters::default();
+        let c = WorkerCounters::new(0);
         c.lane(Direction::Upstream).add_rx(10, 640);
         c.lane(Direction::Upstream).add_tx(9, 576, 0);
         let r = RunReport {
             elapsed_secs: 1.0,
             ports: vec![],
-            workers: vec![c.snapshot(1)],
+            workers: vec![c.snapshot(1, &[])],
             pool_size: 100,
             pool_in_use: 3,
         };

@@ -198,6 +198,20 @@ const V4_B: [u8; 4] = [198, 18, 0, 2];
 const V6_A: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const V6_B: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
+/// Replies from the upstream host to the first frames of [`mixed_traffic`],
+/// as a remapping `rule` would have made them: from `server_port` (the
+/// remapped ports) or from `server_v4`/`server_v6` (the remapped address).
+pub fn replies(server_v4: [u8; 4], server_v6: [u8; 16], tcp_port: u16, udp_port: u16) -> Vec<Vec<u8>> {
+    let eth = || PacketBuilder::ethernet2(MAC_B, MAC_A);
+    vec![
+        frame(|v| eth().ipv4(server_v4, V4_A, 64).tcp(tcp_port, 40000, 100, 65535).ack(101).write(v, b"reply-v4")),
+        frame(|v| eth().ipv4(server_v4, V4_A, 64).udp(udp_port, 5353).write(v, b"dns-answer")),
+        frame(|v| eth().ipv6(server_v6, V6_A, 64).tcp(443, 40001, 100, 1000).ack(159).write(v, b"reply-v6")),
+        // Not part of any flow: must pass untouched.
+        frame(|v| eth().ipv4(V4_B, V4_A, 64).tcp(22, 50000, 1, 100).ack(1).write(v, b"ssh")),
+    ]
+}
+
 fn frame(write: impl FnOnce(&mut Vec<u8>) -> Result<(), etherparse::WriteError>) -> Vec<u8> {
     let mut v = Vec::new();
     write(&mut v).expect("build test frame");
@@ -252,6 +266,16 @@ pub fn mixed_traffic(seed: u8) -> Vec<Vec<u8>> {
                 .ipv4(V4_A, V4_B, 64)
                 .icmpv4_echo_request(1, 1)
                 .write(v, &p[..56])
+        }),
+        frame(|v| {
+            use etherparse::TcpOptionElement::*;
+            eth()
+                .ipv4(V4_A, V4_B, 64)
+                .tcp(40003, 80, 77, 64240)
+                .syn()
+                .options(&[MaximumSegmentSize(1460), SelectiveAcknowledgementPermitted, WindowScale(7)])
+                .expect("tcp options")
+                .write(v, &[])
         }),
     ];
     // ARP request: who-has 198.18.0.2 tell 198.18.0.1, padded to 60 bytes.

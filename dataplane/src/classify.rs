@@ -1,0 +1,244 @@
+//! Classification: which treatment a new flow gets.
+//!
+//! Today the treatment comes from the static `[[rules]]` of the config,
+//! first match wins; the policy tables (coupons, logins, service-provider
+//! allocations) will take this place and keep the same contract: a
+//! [`FlowKey`] in, an [`ActionSet`] (and the rule that produced it) out,
+//! run once per flow, never per packet of an established flow.
+//!
+//! Rules apply to flows that start on the subscriber side
+//! ([`Direction::Upstream`]); their replies get the inverse rewrite from the
+//! flow table. Decisions made here, written down once:
+//! - Address and port remaps apply to TCP and UDP only. Those are the
+//!   protocols whose replies the flow table can match and rewrite back; an
+//!   ICMP echo remapped to another host would come back from an address
+//!   the sender never pinged. DSCP applies to any IP packet.
+//! - A remap to the value the packet already carries is no rewrite.
+use sluice_control::config::{IpNet, RuleConfig};
+
+use crate::packet::parse::addr_bits;
+use crate::packet::{ActionSet, Dscp, FlowKey, IpVersion, PROTO_TCP, PROTO_UDP};
+use crate::stats::Direction;
+
+/// An address prefix as (family, network bits, mask), compared in two
+/// word operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Prefix {
+    version: IpVersion,
+    net: u128,
+    mask: u128,
+}
+
+impl Prefix {
+    fn new(net: IpNet) -> Prefix {
+        let (version, bits) = addr_bits(net.network());
+        let width = if version == IpVersion::V4 { 32 } else { 128 };
+        let host_bits = width - net.prefix_len() as u32;
+        let mask = if host_bits >= 128 {
+            0
+        } else {
+            (u128::MAX << host_bits) & (u128::MAX >> (128 - width))
+        };
+        Prefix {
+            version,
+            net: bits & mask,
+            mask,
+        }
+    }
+
+    #[inline]
+    fn contains(&self, version: IpVersion, addr: u128) -> bool {
+        self.version == version && addr & self.mask == self.net
+    }
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    src: Option<Prefix>,
+    dst: Option<Prefix>,
+    proto: Option<u8>,
+    dst_port: Option<u16>,
+    pub actions: ActionSet,
+}
+
+impl Rule {
+    /// Compiles a validated config rule.
+    pub fn from_config(r: &RuleConfig) -> Rule {
+        Rule {
+            name: r.name.clone(),
+            src: r.src.map(Prefix::new),
+            dst: r.dst.map(Prefix::new),
+            proto: r.protocol.map(|p| p.number()),
+            dst_port: r.dst_port,
+            actions: ActionSet {
+                // Config validation bounds DSCP to 0..=63.
+                dscp: r.dscp.and_then(Dscp::new),
+                dst_port: r.remap_port,
+                dst_addr: r.remap_ip,
+                mss_clamp: r.mss,
+            },
+        }
+    }
+
+    #[inline]
+    fn matches(&self, k: &FlowKey) -> bool {
+        self.proto.is_none_or(|p| p == k.proto)
+            && self.dst_port.is_none_or(|p| p == k.dst_port)
+            && self.dst.is_none_or(|d| d.contains(k.version, k.dst))
+            && self.src.is_none_or(|s| s.contains(k.version, k.src))
+    }
+}
+
+/// The static rule list, first match wins.
+#[derive(Debug, Clone, Default)]
+pub struct StaticRules {
+    rules: Vec<Rule>,
+}
+
+impl StaticRules {
+    pub fn from_config(rules: &[RuleConfig]) -> StaticRules {
+        StaticRules {
+            rules: rules.iter().map(Rule::from_config).collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+
+    /// The treatment of a new flow: the index of the first matching rule
+    /// and its actions, restricted to what applies to this protocol.
+    #[inline]
+    pub fn classify(&self, k: &FlowKey) -> Option<(usize, ActionSet)> {
+        if k.direction != Direction::Upstream {
+            return None;
+        }
+        let (i, r) = self.rules.iter().enumerate().find(|(_, r)| r.matches(k))?;
+        let mut a = r.actions;
+        if k.proto != PROTO_TCP && k.proto != PROTO_UDP {
+            a.dst_port = None;
+            a.dst_addr = None;
+        }
+        if k.proto != PROTO_TCP {
+            a.mss_clamp = None;
+        }
+        Some((i, a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_control::config::Protocol;
+    use std::net::IpAddr;
+
+    fn key(src: &str, dst: &str, proto: u8, dport: u16, dir: Direction) -> FlowKey {
+        let s: IpAddr = src.parse().unwrap();
+        let d: IpAddr = dst.parse().unwrap();
+        FlowKey::new((s, 40000), (d, dport), proto, 0, dir).unwrap()
+    }
+
+    fn rules() -> StaticRules {
+        StaticRules::from_config(&[
+            RuleConfig {
+                name: "web".into(),
+                dst: Some("198.18.0.0/24".parse().unwrap()),
+                protocol: Some(Protocol::Tcp),
+                dst_port: Some(80),
+                remap_port: Some(8080),
+                ..Default::default()
+            },
+            RuleConfig {
+                name: "endpoint".into(),
+                dst: Some("198.18.0.2/32".parse().unwrap()),
+                src: Some("10.0.0.0/8".parse().unwrap()),
+                remap_ip: Some("198.18.0.3".parse().unwrap()),
+                ..Default::default()
+            },
+            RuleConfig {
+                name: "v6-ef".into(),
+                dst: Some("2001:db8::/32".parse().unwrap()),
+                dscp: Some(46),
+                mss: Some(1200),
+                ..Default::default()
+            },
+        ])
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let r = rules();
+        let (i, a) = r
+            .classify(&key("10.1.1.1", "198.18.0.2", 6, 80, Direction::Upstream))
+            .unwrap();
+        assert_eq!((i, a.dst_port, a.dst_addr), (0, Some(8080), None));
+        let (i, a) = r
+            .classify(&key("10.1.1.1", "198.18.0.2", 6, 443, Direction::Upstream))
+            .unwrap();
+        assert_eq!(i, 1);
+        assert_eq!(a.dst_addr, Some("198.18.0.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn prefixes_ports_protocols_and_families_must_all_match() {
+        let r = rules();
+        assert!(r
+            .classify(&key("10.1.1.1", "198.18.1.2", 6, 80, Direction::Upstream))
+            .is_none());
+        assert!(r
+            .classify(&key("11.1.1.1", "198.18.0.2", 17, 80, Direction::Upstream))
+            .is_none());
+        assert!(r
+            .classify(&key("2001:db8::1", "2001:db9::1", 6, 80, Direction::Upstream))
+            .is_none());
+        // An IPv4 address whose bits equal an IPv6 prefix's never matches it.
+        assert!(r
+            .classify(&key("0.0.0.1", "32.1.13.184", 6, 1, Direction::Upstream))
+            .is_none());
+        let (i, _) = r
+            .classify(&key("2001:db8::1", "2001:db8:1::1", 17, 5, Direction::Upstream))
+            .unwrap();
+        assert_eq!(i, 2);
+    }
+
+    #[test]
+    fn only_flows_from_the_subscriber_side_are_classified() {
+        assert!(rules()
+            .classify(&key("10.1.1.1", "198.18.0.2", 6, 80, Direction::Downstream))
+            .is_none());
+    }
+
+    #[test]
+    fn remaps_apply_to_tcp_udp_and_mss_to_tcp_only() {
+        let r = rules();
+        let (_, a) = r
+            .classify(&key("10.1.1.1", "198.18.0.2", 1, 0, Direction::Upstream))
+            .unwrap();
+        assert_eq!(a, ActionSet::default(), "ICMP: no remap");
+        let (_, a) = r
+            .classify(&key("2001:db8::1", "2001:db8::2", 17, 5, Direction::Upstream))
+            .unwrap();
+        assert_eq!((a.dscp, a.mss_clamp), (Dscp::new(46), None));
+    }
+
+    #[test]
+    fn prefix_masks_cover_edge_lengths() {
+        let all4 = Prefix::new("0.0.0.0/0".parse().unwrap());
+        assert!(all4.contains(IpVersion::V4, 0xffff_ffff));
+        assert!(!all4.contains(IpVersion::V6, 0));
+        let host6 = Prefix::new("2001:db8::1/128".parse().unwrap());
+        assert!(host6.contains(IpVersion::V6, u128::from("2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap())));
+        let all6 = Prefix::new("::/0".parse().unwrap());
+        assert!(all6.contains(IpVersion::V6, u128::MAX));
+    }
+}

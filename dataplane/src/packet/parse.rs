@@ -1,0 +1,1108 @@
+//! The header parser: Ethernet (0-2 VLAN tags), IPv4 (with options) or IPv6
+//! (with its extension-header chain), then TCP or UDP.
+//!
+//! It reads only through `get()`, never indexes, never allocates and never
+//! copies the packet; the result is a 24-byte [`Parsed`] of offsets and a few
+//! header fields. Every malformed input is an [`Err`] naming what was wrong,
+//! usable as a counter index.
+//!
+//! The frame may hold fewer bytes than the IP length says: the worker hands
+//! over the first segment of a possibly chained mbuf, and only the headers
+//! must be in it. Headers must lie inside both the frame and the IP datagram.
+use std::net::IpAddr;
+
+use crate::stats::Direction;
+
+// Ethernet.
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const TPID_8021Q: u16 = 0x8100;
+const TPID_8021AD: u16 = 0x88a8;
+const TPID_QINQ_LEGACY: u16 = 0x9100;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+// IP protocol / IPv6 next-header numbers.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+const PROTO_HOPOPTS: u8 = 0;
+const PROTO_ROUTING: u8 = 43;
+const PROTO_FRAGMENT: u8 = 44;
+const PROTO_AH: u8 = 51;
+const PROTO_DSTOPTS: u8 = 60;
+const PROTO_MOBILITY: u8 = 135;
+const PROTO_HIP: u8 = 139;
+const PROTO_SHIM6: u8 = 140;
+
+/// At most this many IPv6 extension headers (AH included) are walked; a
+/// longer chain is [`ParseError::TooManyExtHeaders`]. Real traffic carries
+/// one or two; the bound keeps the worst case per packet fixed.
+pub const MAX_EXT_HEADERS: usize = 8;
+
+// TCP flags (byte 13 of the TCP header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+// Parsed::flags bits.
+const F_AH: u8 = 0x01;
+const F_SOURCE_ROUTED: u8 = 0x02;
+
+/// Why a frame could not be parsed. `#[repr(u8)]` so that it indexes a
+/// counter array of [`ParseError::COUNT`] slots; [`ParseError::name`] is the
+/// counter's name. The worker forwards such frames untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ParseError {
+    /// The frame ends inside the Ethernet header or a VLAN tag.
+    TruncatedEthernet,
+    /// A VLAN TPID where none is accepted: an inner tag other than 802.1Q,
+    /// or a third tag.
+    UnsupportedVlanStack,
+    /// Neither IPv4 nor IPv6 (ARP, LLDP, MPLS, PPPoE, ...). Not an error on
+    /// the wire, just nothing for the packet path to do.
+    NotIp,
+    /// The frame ends inside the fixed IPv4/IPv6 header or the IPv4 options.
+    TruncatedIp,
+    /// The IP version nibble disagrees with the EtherType.
+    BadIpVersion,
+    /// IPv4 IHL below 5.
+    BadIpHeaderLen,
+    /// IPv4 total length shorter than its own header.
+    BadIpLength,
+    /// An IPv6 extension header (or IPv4 AH) runs past the frame or the
+    /// datagram.
+    TruncatedExtHeader,
+    /// More than [`MAX_EXT_HEADERS`] IPv6 extension headers.
+    TooManyExtHeaders,
+    /// The TCP or UDP header runs past the frame or the datagram (this
+    /// includes "tiny" first fragments, RFC 1858).
+    TruncatedL4,
+    /// TCP data offset below 5.
+    BadTcpHeaderLen,
+}
+
+impl ParseError {
+    pub const COUNT: usize = 11;
+    pub const ALL: [ParseError; ParseError::COUNT] = [
+        ParseError::TruncatedEthernet,
+        ParseError::UnsupportedVlanStack,
+        ParseError::NotIp,
+        ParseError::TruncatedIp,
+        ParseError::BadIpVersion,
+        ParseError::BadIpHeaderLen,
+        ParseError::BadIpLength,
+        ParseError::TruncatedExtHeader,
+        ParseError::TooManyExtHeaders,
+        ParseError::TruncatedL4,
+        ParseError::BadTcpHeaderLen,
+    ];
+
+    /// The counter index.
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The counter name (snake_case, stable).
+    pub fn name(self) -> &'static str {
+        match self {
+            ParseError::TruncatedEthernet => "truncated_ethernet",
+            ParseError::UnsupportedVlanStack => "unsupported_vlan_stack",
+            ParseError::NotIp => "not_ip",
+            ParseError::TruncatedIp => "truncated_ip",
+            ParseError::BadIpVersion => "bad_ip_version",
+            ParseError::BadIpHeaderLen => "bad_ip_header_len",
+            ParseError::BadIpLength => "bad_ip_length",
+            ParseError::TruncatedExtHeader => "truncated_ext_header",
+            ParseError::TooManyExtHeaders => "too_many_ext_headers",
+            ParseError::TruncatedL4 => "truncated_l4",
+            ParseError::BadTcpHeaderLen => "bad_tcp_header_len",
+        }
+    }
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// IP version of a parsed packet or a flow key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum IpVersion {
+    V4 = 4,
+    V6 = 6,
+}
+
+/// The transport header the parser found and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum L4 {
+    /// No TCP/UDP header here: another protocol (ICMP, GRE, ...), ESP or
+    /// "no next header", or a non-first fragment (see [`Parsed::proto`]).
+    None,
+    Tcp,
+    Udp,
+}
+
+/// Where a packet sits in a fragmented datagram.
+///
+/// What each action does with fragments (see `rewrite.rs` for the reasons):
+/// - DSCP: every fragment, first or not (an IP-header field).
+/// - port rewrite and MSS clamp: the first fragment (or an unfragmented
+///   packet) only; a non-first fragment has no L4 header and is skipped
+///   with `NonFirstFragment`. Rewriting the first fragment alone is complete:
+///   it holds the ports, the options and the L4 checksum.
+/// - address rewrite: never on any fragment (`Fragmented`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Fragment {
+    /// A whole datagram (IPv4 MF=0 and offset 0; an IPv6 "atomic fragment"
+    /// with offset 0 and M=0 is also whole, RFC 6946).
+    None,
+    /// Offset 0, more fragments follow: carries the L4 header.
+    First,
+    /// Offset > 0: carries no L4 header.
+    NonFirst,
+}
+
+/// The result of [`parse`]: offsets into the frame plus the header fields the
+/// fast path needs. `Copy`, 24 bytes, built without copying the packet. Only
+/// [`parse`] builds one, so its offsets always describe headers that were
+/// inside the parsed frame; the actions still re-check every access, so
+/// applying a `Parsed` to another (shorter) buffer cannot panic either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    l3_off: u16,
+    l4_off: u16,
+    ip_end: u32,
+    vlan_ids: [u16; 2],
+    src_port: u16,
+    dst_port: u16,
+    vlan_count: u8,
+    version: IpVersion,
+    proto: u8,
+    l4: L4,
+    frag: Fragment,
+    tcp_flags: u8,
+    tcp_hlen: u8,
+    flags: u8,
+}
+
+impl Parsed {
+    /// Offset of the IP header.
+    #[inline]
+    pub fn l3_offset(&self) -> usize {
+        usize::from(self.l3_off)
+    }
+    /// Offset of the L4 header (the byte after the last IP extension header;
+    /// for a non-first fragment, where its payload starts).
+    #[inline]
+    pub fn l4_offset(&self) -> usize {
+        usize::from(self.l4_off)
+    }
+    /// Offset just past the IP datagram as its length field says. Bytes after
+    /// it are Ethernet padding; it may exceed the frame's length (the rest is
+    /// in further mbuf segments).
+    #[inline]
+    pub fn ip_end(&self) -> usize {
+        self.ip_end as usize
+    }
+    #[inline]
+    pub fn version(&self) -> IpVersion {
+        self.version
+    }
+    /// IPv4 protocol or the last IPv6 next-header value (after skipping the
+    /// extension headers): 6 for TCP, 17 for UDP, 50 for ESP, ...
+    #[inline]
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline]
+    pub fn l4(&self) -> L4 {
+        self.l4
+    }
+    #[inline]
+    pub fn fragment(&self) -> Fragment {
+        self.frag
+    }
+    /// Number of VLAN tags (0, 1 or 2).
+    #[inline]
+    pub fn vlan_count(&self) -> u8 {
+        self.vlan_count
+    }
+    /// VLAN IDs (outer, inner); 0 where there is no tag.
+    #[inline]
+    pub fn vlan_ids(&self) -> [u16; 2] {
+        self.vlan_ids
+    }
+    /// The VLAN part of a flow key: `count << 24 | outer << 12 | inner`.
+    #[inline]
+    pub fn vlan_key(&self) -> u32 {
+        (u32::from(self.vlan_count) << 24)
+            | (u32::from(self.vlan_ids[0]) << 12)
+            | u32::from(self.vlan_ids[1])
+    }
+    /// TCP/UDP source port; 0 without an L4 header.
+    #[inline]
+    pub fn src_port(&self) -> u16 {
+        self.src_port
+    }
+    /// TCP/UDP destination port; 0 without an L4 header.
+    #[inline]
+    pub fn dst_port(&self) -> u16 {
+        self.dst_port
+    }
+    /// TCP flags byte ([`TCP_SYN`], ...); 0 unless TCP.
+    #[inline]
+    pub fn tcp_flags(&self) -> u8 {
+        self.tcp_flags
+    }
+    /// TCP header length in bytes, options included (20..=60); 0 unless TCP.
+    #[inline]
+    pub fn tcp_header_len(&self) -> usize {
+        usize::from(self.tcp_hlen)
+    }
+    /// An IPsec AH header was skipped: it authenticates the addresses, the
+    /// ports and the payload, so only DSCP may be rewritten.
+    #[inline]
+    pub fn has_ah(&self) -> bool {
+        self.flags & F_AH != 0
+    }
+    /// An IPv4 LSRR/SSRR option, or an IPv6 routing header with segments
+    /// left: the destination field is not the final destination, and the L4
+    /// pseudo-header uses the final one, so addresses are not rewritten.
+    #[inline]
+    pub fn is_source_routed(&self) -> bool {
+        self.flags & F_SOURCE_ROUTED != 0
+    }
+
+    /// The flow key of this packet, read from `buf` (the buffer it was parsed
+    /// from) and tagged with the direction it travels. Non-TCP/UDP packets and
+    /// non-first fragments get ports 0. `None` if `buf` is too short for the
+    /// addresses (never for the buffer that was parsed).
+    #[inline]
+    pub fn flow_key(&self, buf: &[u8], direction: Direction) -> Option<FlowKey> {
+        let l3 = self.l3_offset();
+        let (src, dst) = match self.version {
+            IpVersion::V4 => {
+                let a = arr::<8>(buf, l3 + 12)?;
+                let w = u64::from_be_bytes(a);
+                (u128::from((w >> 32) as u32), u128::from(w as u32))
+            }
+            IpVersion::V6 => (
+                u128::from_be_bytes(arr::<16>(buf, l3 + 8)?),
+                u128::from_be_bytes(arr::<16>(buf, l3 + 24)?),
+            ),
+        };
+        Some(FlowKey {
+            src,
+            dst,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            vlan: self.vlan_key(),
+            proto: self.proto,
+            version: self.version,
+            direction,
+        })
+    }
+}
+
+/// A flow's identity as seen on the wire in one direction: addresses, ports,
+/// protocol, VLAN tags and the direction of travel. Both directions of one
+/// connection have different keys; the flow table stores both.
+///
+/// Addresses are stored as their big-endian integer value (IPv4 in the low
+/// 32 bits) so that comparing and hashing a key is a few word operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowKey {
+    pub src: u128,
+    pub dst: u128,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// `count << 24 | outer VID << 12 | inner VID`, see [`Parsed::vlan_key`].
+    pub vlan: u32,
+    pub proto: u8,
+    pub version: IpVersion,
+    pub direction: Direction,
+}
+
+impl FlowKey {
+    /// A key from addresses of one family. `None` if they differ in family.
+    pub fn new(
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
+        proto: u8,
+        vlan: u32,
+        direction: Direction,
+    ) -> Option<FlowKey> {
+        let (vs, s) = addr_bits(src.0);
+        let (vd, d) = addr_bits(dst.0);
+        (vs == vd).then_some(FlowKey {
+            src: s,
+            dst: d,
+            src_port: src.1,
+            dst_port: dst.1,
+            vlan,
+            proto,
+            version: vs,
+            direction,
+        })
+    }
+
+    #[inline]
+    pub fn src_addr(&self) -> IpAddr {
+        bits_addr(self.version, self.src)
+    }
+
+    #[inline]
+    pub fn dst_addr(&self) -> IpAddr {
+        bits_addr(self.version, self.dst)
+    }
+}
+
+/// An address as (family, big-endian integer value).
+#[inline]
+pub fn addr_bits(a: IpAddr) -> (IpVersion, u128) {
+    match a {
+        IpAddr::V4(a) => (IpVersion::V4, u128::from(u32::from(a))),
+        IpAddr::V6(a) => (IpVersion::V6, u128::from(a)),
+    }
+}
+
+/// The inverse of [`addr_bits`] (IPv4 takes the low 32 bits).
+#[inline]
+pub fn bits_addr(v: IpVersion, bits: u128) -> IpAddr {
+    match v {
+        IpVersion::V4 => IpAddr::V4((bits as u32).into()),
+        IpVersion::V6 => IpAddr::V6(bits.into()),
+    }
+}
+
+/// `N` bytes at `off`, or `None` past the end. Offsets are frame offsets
+/// (below 2^17), so `off + N` cannot overflow.
+#[inline(always)]
+pub(crate) fn arr<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
+    b.get(off..off + N)?.try_into().ok()
+}
+
+/// Big-endian u16 at `off`.
+#[inline(always)]
+pub(crate) fn rd16(b: &[u8], off: usize) -> Option<u16> {
+    arr::<2>(b, off).map(u16::from_be_bytes)
+}
+
+#[inline(always)]
+fn byte(b: &[u8], off: usize) -> Option<u8> {
+    b.get(off).copied()
+}
+
+/// Parses the headers of one Ethernet frame. Never panics, never reads past
+/// `buf`, never allocates. See the module doc for what is accepted.
+///
+/// The IPv4 path (tagged or not) is inlined into the caller: the call and
+/// passing the result through memory would cost as much as the parse. The
+/// IPv6 chain walk stays a separate function.
+#[inline(always)]
+pub fn parse(buf: &[u8]) -> Result<Parsed, ParseError> {
+    let ethertype = rd16(buf, 12).ok_or(ParseError::TruncatedEthernet)?;
+    if ethertype == ETHERTYPE_IPV4 {
+        return parse_ipv4(buf, L2::UNTAGGED);
+    }
+    let l2 = if is_tpid(ethertype) {
+        parse_vlans(buf)?
+    } else {
+        L2 {
+            ethertype,
+            ..L2::UNTAGGED
+        }
+    };
+    match l2.ethertype {
+        ETHERTYPE_IPV4 => parse_ipv4(buf, l2),
+        ETHERTYPE_IPV6 => parse_ipv6(buf, l2.l3, l2.vlan_count, l2.vlan_ids),
+        _ => Err(ParseError::NotIp),
+    }
+}
+
+#[inline(always)]
+fn is_tpid(t: u16) -> bool {
+    matches!(t, TPID_8021Q | TPID_8021AD | TPID_QINQ_LEGACY)
+}
+
+/// What the Ethernet header and its tags say.
+#[derive(Clone, Copy)]
+struct L2 {
+    l3: usize,
+    ethertype: u16,
+    vlan_count: u8,
+    vlan_ids: [u16; 2],
+}
+
+impl L2 {
+    const UNTAGGED: L2 = L2 {
+        l3: ETH_HLEN,
+        ethertype: ETHERTYPE_IPV4,
+        vlan_count: 0,
+        vlan_ids: [0; 2],
+    };
+}
+
+/// One or two VLAN tags; the outer TPID was already checked.
+#[inline]
+fn parse_vlans(buf: &[u8]) -> Result<L2, ParseError> {
+    use ParseError::*;
+
+    let [t0, t1, e0, e1] = arr::<4>(buf, ETH_HLEN).ok_or(TruncatedEthernet)?;
+    let mut l2 = L2 {
+        l3: ETH_HLEN + VLAN_HLEN,
+        ethertype: u16::from_be_bytes([e0, e1]),
+        vlan_count: 1,
+        vlan_ids: [u16::from_be_bytes([t0, t1]) & 0x0fff, 0],
+    };
+    if l2.ethertype == TPID_8021Q {
+        let [t0, t1, e0, e1] = arr::<4>(buf, l2.l3).ok_or(TruncatedEthernet)?;
+        l2.vlan_ids[1] = u16::from_be_bytes([t0, t1]) & 0x0fff;
+        l2.ethertype = u16::from_be_bytes([e0, e1]);
+        l2.vlan_count = 2;
+        l2.l3 += VLAN_HLEN;
+    }
+    if is_tpid(l2.ethertype) {
+        return Err(UnsupportedVlanStack);
+    }
+    Ok(l2)
+}
+
+/// The transport part of a [`Parsed`].
+#[derive(Clone, Copy)]
+struct L4Info {
+    l4: L4,
+    src_port: u16,
+    dst_port: u16,
+    tcp_flags: u8,
+    tcp_hlen: u8,
+}
+
+const NO_L4: L4Info = L4Info {
+    l4: L4::None,
+    src_port: 0,
+    dst_port: 0,
+    tcp_flags: 0,
+    tcp_hlen: 0,
+};
+
+#[inline(always)]
+fn parsed(l2: L2, l4_off: usize, ip_end: usize, version: IpVersion, proto: u8) -> Parsed {
+    Parsed {
+        l3_off: l2.l3 as u16,
+        l4_off: l4_off as u16,
+        ip_end: ip_end as u32,
+        vlan_ids: l2.vlan_ids,
+        src_port: 0,
+        dst_port: 0,
+        vlan_count: l2.vlan_count,
+        version,
+        proto,
+        l4: L4::None,
+        frag: Fragment::None,
+        tcp_flags: 0,
+        tcp_hlen: 0,
+        flags: 0,
+    }
+}
+
+impl Parsed {
+    #[inline(always)]
+    fn with_l4(mut self, i: L4Info) -> Parsed {
+        self.l4 = i.l4;
+        self.src_port = i.src_port;
+        self.dst_port = i.dst_port;
+        self.tcp_flags = i.tcp_flags;
+        self.tcp_hlen = i.tcp_hlen;
+        self
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(buf: &[u8], l2: L2) -> Result<Parsed, ParseError> {
+    use ParseError::*;
+
+    let off = l2.l3;
+    // One length check for the fixed header; the fields come from it.
+    let [vihl, _tos, tl0, tl1, _id0, _id1, fr0, fr1, _ttl, proto, ..] =
+        arr::<20>(buf, off).ok_or(TruncatedIp)?;
+    if vihl >> 4 != 4 {
+        return Err(BadIpVersion);
+    }
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if ihl < 20 {
+        return Err(BadIpHeaderLen);
+    }
+    let total = usize::from(u16::from_be_bytes([tl0, tl1]));
+    if total < ihl {
+        return Err(BadIpLength);
+    }
+    let hdr_end = off + ihl;
+    if hdr_end > buf.len() {
+        return Err(TruncatedIp);
+    }
+    // At most 22 + 65535: fits the u32, and `hdr_end` (<= 82) the u16.
+    let ip_end = off + total;
+    let mut p = parsed(l2, hdr_end, ip_end, IpVersion::V4, proto);
+    if ihl > 20 && buf.get(off + 20..hdr_end).is_some_and(ipv4_source_routed) {
+        p.flags |= F_SOURCE_ROUTED;
+    }
+    let frag = u16::from_be_bytes([fr0, fr1]);
+    if frag & 0x1fff != 0 {
+        // A later fragment: its payload is no header of ours.
+        p.frag = Fragment::NonFirst;
+        return Ok(p);
+    }
+    if frag & 0x2000 != 0 {
+        p.frag = Fragment::First;
+    }
+    let limit = ip_end.min(buf.len());
+    let mut l4_off = hdr_end;
+    if proto == PROTO_AH {
+        let [next, len] = arr::<2>(buf, l4_off).ok_or(TruncatedExtHeader)?;
+        // At most 82 + 1028: still fits the u16.
+        l4_off += (usize::from(len) + 2) * 4;
+        if l4_off > limit {
+            return Err(TruncatedExtHeader);
+        }
+        p.proto = next;
+        p.flags |= F_AH;
+        p.l4_off = l4_off as u16;
+    }
+    Ok(p.with_l4(parse_l4(buf, l4_off, limit, p.proto)?))
+}
+
+/// True if the IPv4 options hold a loose or strict source route (131, 137).
+/// Malformed options end the walk; they are the receiver's problem.
+fn ipv4_source_routed(opts: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&kind) = opts.get(i) {
+        match kind {
+            0 => return false,
+            1 => i += 1,
+            131 | 137 => return true,
+            _ => match opts.get(i + 1) {
+                Some(&len) if len >= 2 => i += usize::from(len),
+                _ => return false,
+            },
+        }
+    }
+    false
+}
+
+/// The IPv6 header, its extension-header chain, then L4. Out of line: the
+/// chain walk is a loop and would bloat every caller of [`parse`].
+#[inline(never)]
+fn parse_ipv6(
+    buf: &[u8],
+    off: usize,
+    vlan_count: u8,
+    vlan_ids: [u16; 2],
+) -> Result<Parsed, ParseError> {
+    use ParseError::*;
+
+    let l2 = L2 {
+        l3: off,
+        ethertype: ETHERTYPE_IPV6,
+        vlan_count,
+        vlan_ids,
+    };
+    let [v, _, _, _, pl0, pl1, mut nh, _hop] = arr::<8>(buf, off).ok_or(TruncatedIp)?;
+    if buf.len() < off + 40 {
+        return Err(TruncatedIp);
+    }
+    if v >> 4 != 6 {
+        return Err(BadIpVersion);
+    }
+    let ip_end = off + 40 + usize::from(u16::from_be_bytes([pl0, pl1]));
+    let mut p = parsed(l2, 0, ip_end, IpVersion::V6, 0);
+    let limit = ip_end.min(buf.len());
+    let mut cur = off + 40;
+    let mut seen = 0;
+    loop {
+        let len = match nh {
+            PROTO_HOPOPTS | PROTO_ROUTING | PROTO_DSTOPTS | PROTO_MOBILITY | PROTO_HIP
+            | PROTO_SHIM6 => {
+                let [next, hlen] = arr::<2>(buf, cur).ok_or(TruncatedExtHeader)?;
+                if nh == PROTO_ROUTING {
+                    // Segments left is byte 3; the header is at least 8 bytes.
+                    let left = byte(buf, cur + 3).ok_or(TruncatedExtHeader)?;
+                    if left != 0 {
+                        p.flags |= F_SOURCE_ROUTED;
+                    }
+                }
+                nh = next;
+                (usize::from(hlen) + 1) * 8
+            }
+            PROTO_FRAGMENT => {
+                let [next, _, o0, o1] = arr::<4>(buf, cur).ok_or(TruncatedExtHeader)?;
+                let fo = u16::from_be_bytes([o0, o1]);
+                if fo & 0xfff8 != 0 {
+                    p.frag = Fragment::NonFirst;
+                } else if fo & 1 != 0 {
+                    p.frag = Fragment::First;
+                }
+                nh = next;
+                8
+            }
+            PROTO_AH => {
+                let [next, hlen] = arr::<2>(buf, cur).ok_or(TruncatedExtHeader)?;
+                p.flags |= F_AH;
+                nh = next;
+                (usize::from(hlen) + 2) * 4
+            }
+            // TCP, UDP, ESP, no-next-header, or anything else: the chain ends.
+            _ => break,
+        };
+        seen += 1;
+        if seen > MAX_EXT_HEADERS {
+            return Err(TooManyExtHeaders);
+        }
+        cur += len;
+        if cur > limit {
+            return Err(TruncatedExtHeader);
+        }
+        if p.frag == Fragment::NonFirst {
+            // What follows is the middle of someone else's payload.
+            break;
+        }
+    }
+    p.proto = nh;
+    // At most 62 + 8 * 2 KiB of extension headers: fits the u16.
+    p.l4_off = u16::try_from(cur).map_err(|_| TooManyExtHeaders)?;
+    if p.frag == Fragment::NonFirst {
+        return Ok(p);
+    }
+    Ok(p.with_l4(parse_l4(buf, cur, limit, nh)?))
+}
+
+/// TCP or UDP header at `off`, which must end by `limit` (the end of the
+/// datagram or of the frame, whichever comes first).
+#[inline(always)]
+fn parse_l4(buf: &[u8], off: usize, limit: usize, proto: u8) -> Result<L4Info, ParseError> {
+    use ParseError::*;
+
+    match proto {
+        PROTO_TCP => {
+            if off + 20 > limit {
+                return Err(TruncatedL4);
+            }
+            let [s0, s1, d0, d1, _, _, _, _, _, _, _, _, doff, flags] =
+                arr::<14>(buf, off).ok_or(TruncatedL4)?;
+            let hlen = usize::from(doff >> 4) * 4;
+            if hlen < 20 {
+                return Err(BadTcpHeaderLen);
+            }
+            if off + hlen > limit {
+                return Err(TruncatedL4);
+            }
+            Ok(L4Info {
+                l4: L4::Tcp,
+                src_port: u16::from_be_bytes([s0, s1]),
+                dst_port: u16::from_be_bytes([d0, d1]),
+                tcp_flags: flags,
+                tcp_hlen: hlen as u8,
+            })
+        }
+        PROTO_UDP => {
+            if off + 8 > limit {
+                return Err(TruncatedL4);
+            }
+            let [s0, s1, d0, d1] = arr::<4>(buf, off).ok_or(TruncatedL4)?;
+            Ok(L4Info {
+                l4: L4::Udp,
+                src_port: u16::from_be_bytes([s0, s1]),
+                dst_port: u16::from_be_bytes([d0, d1]),
+                tcp_flags: 0,
+                tcp_hlen: 0,
+            })
+        }
+        _ => Ok(NO_L4),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::testutil::{self, Ext, Frag, Ip, Spec, V4, V6};
+
+    fn v4(spec: &mut Spec) -> &mut V4 {
+        match &mut spec.ip {
+            Ip::V4(v) => v,
+            Ip::V6(_) => panic!("not v4"),
+        }
+    }
+
+    fn v6(spec: &mut Spec) -> &mut V6 {
+        match &mut spec.ip {
+            Ip::V6(v) => v,
+            Ip::V4(_) => panic!("not v6"),
+        }
+    }
+
+    #[test]
+    fn every_header_combination_parses_to_the_right_offsets() {
+        let vlan_stacks: [&[(u16, u16)]; 5] = [
+            &[],
+            &[(0x8100, 10)],
+            &[(0x88a8, 100), (0x8100, 200)],
+            &[(0x9100, 7), (0x8100, 4095)],
+            &[(0x8100, 1), (0x8100, 2)],
+        ];
+        let l3s: [fn(&mut Spec); 4] = [
+            |_| {},
+            |s| v4(s).options = vec![148, 4, 0, 0, 1, 1, 1, 0],
+            |s| s.ip = Spec::tcp6(0, vec![], 0).ip,
+            |s| {
+                s.ip = Spec::tcp6(0, vec![], 0).ip;
+                v6(s).ext = vec![
+                    Ext::HopByHop(0),
+                    Ext::Routing {
+                        len: 2,
+                        segments_left: 0,
+                    },
+                    Ext::DestOpts(1),
+                ];
+            },
+        ];
+        for vlans in vlan_stacks {
+            for (li, l3) in l3s.iter().enumerate() {
+                for udp in [false, true] {
+                    let mut s = if udp {
+                        Spec::udp4(false, 5)
+                    } else {
+                        Spec::tcp4(TCP_SYN, testutil::mss_opt(1460), 5)
+                    };
+                    s.vlans = vlans.to_vec();
+                    l3(&mut s);
+                    let (f, lay) = s.build();
+                    let p =
+                        parse(&f).unwrap_or_else(|e| panic!("{vlans:?} l3#{li} udp={udp}: {e}"));
+                    let what = format!("{vlans:?} l3#{li} udp={udp}");
+                    assert_eq!(p.l3_offset(), 14 + 4 * vlans.len(), "{what}");
+                    assert_eq!(p.l4_offset(), lay.l4, "{what}");
+                    assert_eq!(p.ip_end(), lay.ip_end, "{what}");
+                    assert_eq!(usize::from(p.vlan_count()), vlans.len(), "{what}");
+                    assert_eq!(
+                        p.version(),
+                        if li < 2 { IpVersion::V4 } else { IpVersion::V6 }
+                    );
+                    assert_eq!(p.l4(), if udp { L4::Udp } else { L4::Tcp }, "{what}");
+                    assert_eq!(p.proto(), if udp { PROTO_UDP } else { PROTO_TCP });
+                    assert_eq!(p.src_port(), 40000);
+                    assert_eq!(p.dst_port(), if udp { 53 } else { 80 });
+                    assert_eq!(p.fragment(), Fragment::None);
+                    assert_eq!(p.tcp_flags(), if udp { 0 } else { TCP_SYN });
+                    assert_eq!(p.tcp_header_len(), if udp { 0 } else { 24 });
+                    let ids = p.vlan_ids();
+                    for (i, (_, vid)) in vlans.iter().enumerate() {
+                        assert_eq!(ids[i], *vid, "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parsed_is_small_and_copy() {
+        fn is_copy<T: Copy>() {}
+        is_copy::<Parsed>();
+        assert!(std::mem::size_of::<Parsed>() <= 24);
+    }
+
+    #[test]
+    fn flow_key_carries_the_tuple_vlans_and_direction() {
+        let mut s = Spec::tcp4(TCP_SYN, vec![], 0);
+        s.vlans = vec![(0x88a8, 0x123), (0x8100, 0x456)];
+        let (f, _) = s.build();
+        let p = parse(&f).unwrap();
+        let k = p.flow_key(&f, Direction::Downstream).unwrap();
+        assert_eq!(k.src_addr(), IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(k.dst_addr(), IpAddr::from([192, 0, 2, 80]));
+        assert_eq!((k.src_port, k.dst_port, k.proto), (40000, 80, PROTO_TCP));
+        assert_eq!(k.vlan, 2 << 24 | 0x123 << 12 | 0x456);
+        assert_eq!(k.direction, Direction::Downstream);
+        let same = FlowKey::new(
+            (k.src_addr(), 40000),
+            (k.dst_addr(), 80),
+            PROTO_TCP,
+            k.vlan,
+            Direction::Downstream,
+        );
+        assert_eq!(same, Some(k));
+        assert!(p.flow_key(&f[..20], Direction::Upstream).is_none());
+    }
+
+    #[test]
+    fn ipv6_flow_key_holds_the_full_addresses() {
+        let (f, _) = Spec::udp6(false, 0).build();
+        let p = parse(&f).unwrap();
+        let k = p.flow_key(&f, Direction::Upstream).unwrap();
+        assert_eq!(k.version, IpVersion::V6);
+        assert_eq!(k.dst_addr(), "2001:db8::80".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn ethernet_padding_is_not_part_of_the_datagram() {
+        let mut s = Spec::tcp4(0, vec![], 0);
+        s.eth_pad = 6;
+        let (f, lay) = s.build();
+        let p = parse(&f).unwrap();
+        assert_eq!(p.ip_end(), lay.ip_end);
+        assert_eq!(p.ip_end() + 6, f.len());
+    }
+
+    #[test]
+    fn headers_in_the_first_segment_are_enough() {
+        // A chained mbuf: the IP length covers bytes that are elsewhere.
+        let (f, lay) = Spec::tcp4(0, vec![], 1000).build();
+        let first = &f[..lay.l4 + 20];
+        let p = parse(first).unwrap();
+        assert_eq!(p.l4(), L4::Tcp);
+        assert_eq!(p.ip_end(), f.len());
+    }
+
+    #[test]
+    fn ipv4_fragments_are_classified() {
+        for (frag, want, l4) in [
+            (Frag::First, Fragment::First, L4::Tcp),
+            (
+                Frag::NonFirst {
+                    offset: 185,
+                    more: true,
+                },
+                Fragment::NonFirst,
+                L4::None,
+            ),
+            (
+                Frag::NonFirst {
+                    offset: 1,
+                    more: false,
+                },
+                Fragment::NonFirst,
+                L4::None,
+            ),
+            (Frag::None, Fragment::None, L4::Tcp),
+        ] {
+            let mut s = Spec::tcp4(0, vec![], 16);
+            v4(&mut s).frag = frag;
+            let (f, _) = s.build();
+            let p = parse(&f).unwrap();
+            assert_eq!(
+                (p.fragment(), p.l4(), p.proto()),
+                (want, l4, PROTO_TCP),
+                "{frag:?}"
+            );
+            if l4 == L4::None {
+                assert_eq!((p.src_port(), p.dst_port()), (0, 0));
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_fragments_are_classified_and_atomic_ones_are_whole() {
+        for (frag, want, l4) in [
+            (Frag::First, Fragment::First, L4::Udp),
+            (
+                Frag::NonFirst {
+                    offset: 100,
+                    more: true,
+                },
+                Fragment::NonFirst,
+                L4::None,
+            ),
+            (Frag::Atomic, Fragment::None, L4::Udp),
+        ] {
+            let mut s = Spec::udp6(false, 16);
+            v6(&mut s).ext = vec![Ext::HopByHop(0)];
+            v6(&mut s).frag = frag;
+            let (f, lay) = s.build();
+            let p = parse(&f).unwrap();
+            assert_eq!(
+                (p.fragment(), p.l4(), p.proto()),
+                (want, l4, PROTO_UDP),
+                "{frag:?}"
+            );
+            assert_eq!(p.l4_offset(), lay.l4);
+        }
+    }
+
+    #[test]
+    fn esp_and_no_next_header_end_the_chain_without_l4() {
+        for nh in [50u8, 59] {
+            let mut s = Spec::tcp6(0, vec![], 0);
+            s.l4 = testutil::L4::Other(nh);
+            s.payload = vec![0; 24];
+            v6(&mut s).ext = vec![Ext::DestOpts(0)];
+            let (f, lay) = s.build();
+            let p = parse(&f).unwrap();
+            assert_eq!((p.l4(), p.proto(), p.l4_offset()), (L4::None, nh, lay.l4));
+        }
+    }
+
+    #[test]
+    fn ah_is_skipped_to_the_transport_header_and_flagged() {
+        let mut s = Spec::tcp4(TCP_SYN, vec![], 4);
+        v4(&mut s).ah = true;
+        let (f, lay) = s.build();
+        let p = parse(&f).unwrap();
+        assert_eq!((p.l4(), p.l4_offset(), p.has_ah()), (L4::Tcp, lay.l4, true));
+
+        let mut s = Spec::udp6(false, 4);
+        v6(&mut s).ext = vec![Ext::HopByHop(0), Ext::Ah(3)];
+        let (f, lay) = s.build();
+        let p = parse(&f).unwrap();
+        assert_eq!((p.l4(), p.l4_offset(), p.has_ah()), (L4::Udp, lay.l4, true));
+    }
+
+    #[test]
+    fn source_routes_are_flagged() {
+        let mut s = Spec::tcp4(0, vec![], 0);
+        v4(&mut s).options = vec![1, 131, 7, 4, 192, 0, 2, 1];
+        let (f, _) = s.build();
+        assert!(parse(&f).unwrap().is_source_routed());
+
+        let mut s = Spec::tcp4(0, vec![], 0);
+        v4(&mut s).options = vec![148, 4, 0, 0];
+        let (f, _) = s.build();
+        assert!(!parse(&f).unwrap().is_source_routed());
+
+        for (left, routed) in [(0, false), (1, true)] {
+            let mut s = Spec::tcp6(0, vec![], 0);
+            v6(&mut s).ext = vec![Ext::Routing {
+                len: 2,
+                segments_left: left,
+            }];
+            let (f, _) = s.build();
+            assert_eq!(parse(&f).unwrap().is_source_routed(), routed);
+        }
+    }
+
+    /// Builds a frame, lets `mutate` break it, and returns the parse error.
+    fn err(spec: Spec, mutate: impl FnOnce(&mut Vec<u8>, usize, usize)) -> ParseError {
+        let (mut f, lay) = spec.build();
+        mutate(&mut f, lay.l3, lay.l4);
+        parse(&f).expect_err("must not parse")
+    }
+
+    #[test]
+    fn each_malformation_has_its_own_error() {
+        use ParseError::*;
+        let t4 = || Spec::tcp4(0, vec![], 0);
+        let t6 = || Spec::tcp6(0, vec![], 0);
+        let mut tagged = t4();
+        tagged.vlans = vec![(0x8100, 5)];
+        let mut three_tags = t4();
+        three_tags.vlans = vec![(0x88a8, 1), (0x8100, 2), (0x8100, 3)];
+        let mut bad_inner = t4();
+        bad_inner.vlans = vec![(0x8100, 1), (0x88a8, 2)];
+        let mut many_ext = t6();
+        v6(&mut many_ext).ext = vec![Ext::DestOpts(0); MAX_EXT_HEADERS + 1];
+        let mut max_ext = t6();
+        v6(&mut max_ext).ext = vec![Ext::DestOpts(0); MAX_EXT_HEADERS];
+        let mut with_ah = t4();
+        v4(&mut with_ah).ah = true;
+        let mut hbh = t6();
+        v6(&mut hbh).ext = vec![Ext::HopByHop(0)];
+
+        assert!(parse(&max_ext.build().0).is_ok());
+        let cases: Vec<(ParseError, ParseError)> = vec![
+            (err(t4(), |f, _, _| f.truncate(13)), TruncatedEthernet),
+            (err(tagged, |f, _, _| f.truncate(17)), TruncatedEthernet),
+            (err(three_tags, |_, _, _| {}), UnsupportedVlanStack),
+            (err(bad_inner, |_, _, _| {}), UnsupportedVlanStack),
+            (
+                err(t4(), |f, _, _| f[12..14].copy_from_slice(&[8, 6])),
+                NotIp,
+            ),
+            (err(t4(), |f, l3, _| f.truncate(l3 + 19)), TruncatedIp),
+            (err(t6(), |f, l3, _| f.truncate(l3 + 39)), TruncatedIp),
+            (
+                err(t4(), |f, l3, _| {
+                    f[l3] = 0x46;
+                    f.truncate(l3 + 22)
+                }),
+                TruncatedIp,
+            ),
+            (err(t4(), |f, l3, _| f[l3] = 0x65), BadIpVersion),
+            (err(t6(), |f, l3, _| f[l3] = 0x45), BadIpVersion),
+            (err(t4(), |f, l3, _| f[l3] = 0x44), BadIpHeaderLen),
+            (
+                err(t4(), |f, l3, _| f[l3 + 2..l3 + 4].copy_from_slice(&[0, 19])),
+                BadIpLength,
+            ),
+            (
+                err(hbh.clone(), |f, l3, _| f[l3 + 41] = 200),
+                TruncatedExtHeader,
+            ),
+            (
+                err(hbh, |f, l3, _| f[l3 + 4..l3 + 6].copy_from_slice(&[0, 4])),
+                TruncatedExtHeader,
+            ),
+            (
+                err(with_ah, |f, l3, _| f[l3 + 21] = 100),
+                TruncatedExtHeader,
+            ),
+            (err(many_ext, |_, _, _| {}), TooManyExtHeaders),
+            (err(t4(), |f, _, l4| f.truncate(l4 + 19)), TruncatedL4),
+            (
+                err(Spec::udp4(false, 0), |f, _, l4| f.truncate(l4 + 7)),
+                TruncatedL4,
+            ),
+            // The IP length ends inside the TCP header (a tiny fragment).
+            (
+                err(t4(), |f, l3, _| f[l3 + 2..l3 + 4].copy_from_slice(&[0, 36])),
+                TruncatedL4,
+            ),
+            (
+                err(Spec::tcp4(0, vec![1, 1, 1, 1], 0), |f, _, l4| {
+                    f.truncate(l4 + 22)
+                }),
+                TruncatedL4,
+            ),
+            (err(t4(), |f, _, l4| f[l4 + 12] = 0x40), BadTcpHeaderLen),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (i, (got, want)) in cases.iter().enumerate() {
+            assert_eq!(got, want, "case {i}");
+            seen.insert(*want);
+        }
+        for e in ParseError::ALL {
+            assert!(seen.contains(&e), "no test produces {e:?}");
+        }
+    }
+
+    #[test]
+    fn error_indices_and_names_are_a_counter_table() {
+        let mut names = std::collections::HashSet::new();
+        for (i, e) in ParseError::ALL.iter().enumerate() {
+            assert_eq!(e.index(), i);
+            assert!(names.insert(e.name()));
+            assert_eq!(e.to_string(), e.name());
+        }
+    }
+
+    #[test]
+    fn non_first_fragment_payload_is_not_parsed_as_l4() {
+        // Garbage where a TCP header would be must not matter.
+        let mut s = Spec::tcp4(0, vec![], 0);
+        v4(&mut s).frag = Frag::NonFirst {
+            offset: 3,
+            more: false,
+        };
+        s.payload = vec![0xff; 3];
+        let (f, _) = s.build();
+        let p = parse(&f).unwrap();
+        assert_eq!(p.l4(), L4::None);
+    }
+}

@@ -1,0 +1,736 @@
+//! Running scenarios: measuring the appliance and its peers with the same
+//! cores, devices, pool and burst settings, interleaved round by round, and
+//! turning the runs into reports.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::machine::{clock_ticks, CpuAccount, Machine};
+use crate::process::{self, CommandSpec, Line, Verdict};
+use crate::qos_sched;
+use crate::report::{fmt_opt, ScenarioReport, Table};
+use crate::sluice;
+use crate::stats::{self, Sample, Summary};
+use crate::svg;
+use crate::testpmd::{self, FwdMode};
+
+/// How the runner measures; shared by every scenario.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Interleaved rounds per measurement; the median is reported.
+    pub rounds: usize,
+    /// Length of the steady-state window of each run, in seconds.
+    pub window_secs: f64,
+    /// Forwarding start-up excluded before the window, in seconds.
+    pub warmup_secs: f64,
+    /// Frame sizes of the `sizes` scenario.
+    pub sizes: Vec<u32>,
+    /// testpmd engines compared at each size.
+    pub size_peers: Vec<FwdMode>,
+    pub sluice_bin: PathBuf,
+    pub testpmd_bin: String,
+    pub qos_sched_src: PathBuf,
+    /// Where the `sizes` plot is written, and its name as seen from
+    /// RESULTS.md.
+    pub svg_path: PathBuf,
+    pub svg_link: String,
+    /// Scratch space for configs and the qos_sched build.
+    pub work_dir: PathBuf,
+}
+
+/// Cores, memory and pool settings used for every tool.
+pub const MAIN_LCORE: u32 = 0;
+pub const WORKER_LCORE: u32 = 1;
+pub const MEM_MB: u32 = 512;
+pub const MBUFS: u32 = 16383;
+pub const MBUF_CACHE: u32 = 256;
+pub const BURST: u32 = 32;
+pub const RING_DESC: u32 = 1024;
+
+/// A forwarder under measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tool {
+    Sluice,
+    Testpmd(FwdMode),
+}
+
+impl Tool {
+    pub fn label(self) -> String {
+        match self {
+            Tool::Sluice => "sluice".into(),
+            Tool::Testpmd(m) => format!("testpmd {}", m.name()),
+        }
+    }
+}
+
+/// One run's result.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub rate: stats::WindowRate,
+    pub command: String,
+}
+
+/// Measures tools and keeps the commands it ran.
+pub struct Bench<'a> {
+    pub opts: &'a Options,
+    pub machine: &'a Machine,
+    pub commands: Vec<String>,
+    runs: u32,
+    checked_configs: Vec<PathBuf>,
+}
+
+fn null_devices(size: u32) -> [String; 2] {
+    [
+        format!("net_null0,copy=1,size={size}"),
+        format!("net_null1,copy=1,size={size}"),
+    ]
+}
+
+impl<'a> Bench<'a> {
+    pub fn new(opts: &'a Options, machine: &'a Machine) -> Bench<'a> {
+        Bench {
+            opts,
+            machine,
+            commands: Vec::new(),
+            runs: 0,
+            checked_configs: Vec::new(),
+        }
+    }
+
+    fn file_prefix(&mut self, tool: &str) -> String {
+        self.runs += 1;
+        format!("perf-{tool}-{}-{}", std::process::id(), self.runs)
+    }
+
+    /// One run of `tool` at `size` bytes.
+    pub fn measure(&mut self, tool: Tool, size: u32) -> Result<Run> {
+        let run = match tool {
+            Tool::Sluice => self.measure_sluice(size),
+            Tool::Testpmd(mode) => self.measure_testpmd(mode, size),
+        }?;
+        self.commands.push(run.command.clone());
+        Ok(run)
+    }
+
+    fn window(
+        &self,
+        samples: &[Sample],
+        what: &str,
+        out: &process::Finished,
+    ) -> Result<stats::WindowRate> {
+        stats::window_rate(samples, self.opts.warmup_secs, self.opts.window_secs * 0.75)
+            .with_context(|| {
+                format!(
+                    "{what}: no steady-state window; its output ended with:\n{}",
+                    out.tail(12)
+                )
+            })
+    }
+
+    fn measure_sluice(&mut self, size: u32) -> Result<Run> {
+        let setup = sluice::Setup {
+            main_core: MAIN_LCORE,
+            worker_core: WORKER_LCORE,
+            mem_mb: MEM_MB,
+            devices: null_devices(size),
+            burst: BURST,
+            mbufs: MBUFS,
+            mbuf_cache: MBUF_CACHE,
+            ring_desc: RING_DESC,
+        };
+        let cfg = self.opts.work_dir.join(format!("sluice-{size}.toml"));
+        if !self.checked_configs.contains(&cfg) {
+            std::fs::write(&cfg, sluice::config_toml(&setup))
+                .with_context(|| format!("writing {}", cfg.display()))?;
+            let check = CommandSpec::new(self.opts.sluice_bin.to_string_lossy()).args([
+                "-c",
+                &cfg.to_string_lossy(),
+                "--check-config",
+            ]);
+            let f = process::run(
+                &check,
+                Duration::from_secs(30),
+                Duration::from_secs(2),
+                |_| Verdict::Continue,
+            )?;
+            if !f.status.success() {
+                bail!(
+                    "sluice rejects the benchmark config {}:\n{}",
+                    cfg.display(),
+                    f.tail(8)
+                );
+            }
+            self.checked_configs.push(cfg.clone());
+        }
+        // Live lines come once a second from launch; the window starts one
+        // warm-up after the first and must span `window_secs`.
+        let duration = 1.0 + self.opts.warmup_secs + self.opts.window_secs + 0.6;
+        let spec = sluice::command(&self.opts.sluice_bin, &cfg, duration);
+        let f = process::run(
+            &spec,
+            Duration::from_secs_f64(duration + 30.0),
+            Duration::from_secs(10),
+            |_| Verdict::Continue,
+        )?;
+        if !f.status.success() {
+            bail!(
+                "`{}` failed ({}):\n{}",
+                spec.display(),
+                f.status,
+                f.tail(12)
+            );
+        }
+        let samples = sluice::samples(f.stdout.iter().map(|l| (l.t, l.text.as_str())));
+        let rate = self.window(&samples, "sluice", &f)?;
+        Ok(Run {
+            rate,
+            command: spec.display(),
+        })
+    }
+
+    fn measure_testpmd(&mut self, mode: FwdMode, size: u32) -> Result<Run> {
+        let setup = testpmd::Setup {
+            lcores: format!("{MAIN_LCORE},{WORKER_LCORE}"),
+            main_lcore: MAIN_LCORE,
+            mem_mb: MEM_MB,
+            devices: null_devices(size),
+            mbufs: MBUFS,
+            mbuf_cache: MBUF_CACHE,
+            burst: BURST,
+            ring_desc: RING_DESC,
+        };
+        let prefix = self.file_prefix("testpmd");
+        let spec = testpmd::command(&self.opts.testpmd_bin, &setup, mode, &prefix);
+        let nports = 2;
+        let (warmup, window) = (self.opts.warmup_secs, self.opts.window_secs);
+        let mut first: Option<f64> = None;
+        let mut start: Option<f64> = None;
+        let mut closing_block = false;
+        let mut tx_pps_lines = 0;
+        // Stop once the block that closes the window has all its ports.
+        let on_line = |l: &Line| {
+            if l.text.contains("Port statistics ====") {
+                let f = *first.get_or_insert(l.t);
+                if start.is_none() && l.t >= f + warmup - 0.05 {
+                    start = Some(l.t);
+                }
+                if start.is_some_and(|s| l.t - s >= window - 0.05) {
+                    closing_block = true;
+                    tx_pps_lines = 0;
+                }
+            } else if closing_block && l.text.trim_start().starts_with("Tx-pps:") {
+                tx_pps_lines += 1;
+                if tx_pps_lines == nports {
+                    return Verdict::Stop;
+                }
+            }
+            Verdict::Continue
+        };
+        // testpmd may print a block only every 2 s here (see testpmd.rs).
+        let deadline = Duration::from_secs_f64(10.0 + warmup + window + 4.0);
+        let f = process::run(&spec, deadline, Duration::from_secs(10), on_line)?;
+        let text = f.stdout_text();
+        let lines: Vec<&str> = f.stdout.iter().map(|l| l.text.as_str()).collect();
+        let times: Vec<f64> = f.stdout.iter().map(|l| l.t).collect();
+        let blocks = testpmd::parse_stats_blocks(lines, nports);
+        if blocks.len() < 2 {
+            let why =
+                testpmd::fatal_cause(&format!("{text}{}", f.stderr)).unwrap_or_else(|| f.tail(12));
+            bail!("`{}` gave no statistics: {why}", spec.display());
+        }
+        let rate = self.window(&testpmd::samples(&blocks, &times), "testpmd", &f)?;
+        if let Some(t) = testpmd::parse_forward_totals(&text) {
+            if t.tx_dropped > 0 {
+                eprintln!(
+                    "  (testpmd {} dropped {} of {} packets at tx)",
+                    mode.name(),
+                    t.tx_dropped,
+                    t.rx_packets
+                );
+            }
+        }
+        Ok(Run {
+            rate,
+            command: spec.display(),
+        })
+    }
+}
+
+/// Per-tool Mpps of every round, in measurement order.
+type Rounds = HashMap<(Tool, u32), Vec<f64>>;
+
+fn run_rounds(bench: &mut Bench, plan: &[(Tool, u32)]) -> Result<Rounds> {
+    let mut out: Rounds = HashMap::new();
+    let rounds = bench.opts.rounds;
+    for round in 1..=rounds {
+        for &(tool, size) in plan {
+            let run = bench
+                .measure(tool, size)
+                .with_context(|| format!("{} at {size} B, round {round}", tool.label()))?;
+            let mpps = stats::mpps(run.rate.pps);
+            eprintln!(
+                "  round {round}/{rounds}  {:<16} {size:>5} B  {mpps:7.2} Mpps  ({:.1} s window)",
+                tool.label(),
+                run.rate.secs
+            );
+            out.entry((tool, size)).or_default().push(mpps);
+        }
+    }
+    Ok(out)
+}
+
+/// The 1, 5 and 15 minute load averages, as /proc/loadavg shows them.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Watches how much other work shares the machine during a scenario.
+pub struct LoadWatch {
+    loadavg: String,
+    start: Option<CpuAccount>,
+}
+
+/// Above this many CPUs of other work, a scenario's figures are flagged.
+pub const BUSY_THRESHOLD_CPUS: f64 = 0.1;
+
+impl LoadWatch {
+    pub fn start() -> LoadWatch {
+        LoadWatch {
+            loadavg: loadavg(),
+            start: CpuAccount::now(),
+        }
+    }
+
+    /// A note for the report; warns on stderr when the machine was busy.
+    pub fn finish(&self) -> String {
+        let other = self
+            .start
+            .zip(CpuAccount::now())
+            .map(|(a, b)| a.other_load(&b, clock_ticks()));
+        let mut note = format!(
+            "Load average (1/5/15 min) before: {}; after: {} (a forwarding core adds ~1).",
+            self.loadavg,
+            loadavg()
+        );
+        if let Some(o) = other {
+            note.push_str(&format!(
+                " Other processes used {:.2} CPU on average over the scenario's {:.0} s \
+                 (hypervisor steal {:.2} CPU).",
+                o.other_cpus, o.steal_cpus, o.secs
+            ));
+            if o.other_cpus > BUSY_THRESHOLD_CPUS || o.steal_cpus > BUSY_THRESHOLD_CPUS {
+                note.push_str(
+                    " WARNING: the machine was busy with other work, which lands on the \
+                     forwarding core now and then; these figures are lower and noisier than \
+                     on a quiet machine.",
+                );
+                eprintln!(
+                    "warning: other work used {:.2} CPU (steal {:.2}) during this scenario; \
+                     figures are contaminated",
+                    o.other_cpus, o.steal_cpus
+                );
+            }
+        }
+        note
+    }
+}
+
+fn method_note(opts: &Options) -> String {
+    format!(
+        "Method: each tool forwards between two net_null ports (copy=1) on worker lcore {WORKER_LCORE} \
+         (main lcore {MAIN_LCORE}), no hugepages, {MBUFS} mbufs, cache {MBUF_CACHE}, burst {BURST}. \
+         The runner stamps each counter line (sluice `--stats-interval 1`, testpmd `--stats-period 1` \
+         blocks) as it arrives; a run's rate is (tx packets summed over both ports at the last line \
+         − at the first line ≥ {:.0} s after the first) / the time between those lines, over a \
+         ≥ {:.0} s window. Tools run interleaved, {} rounds; the median round is shown. \
+         Cycles/packet = measured TSC Hz ÷ packets/s, as the one forwarding core polls all the time.",
+        opts.warmup_secs, opts.window_secs, opts.rounds
+    )
+}
+
+fn rounds_note(rounds: &Rounds, order: &[(Tool, u32)]) -> String {
+    let parts: Vec<String> = order
+        .iter()
+        .filter_map(|k| {
+            let v = rounds.get(k)?;
+            Some(format!(
+                "{} {} B: {}",
+                k.0.label(),
+                k.1,
+                v.iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+        .collect();
+    format!("Mpps per round — {}", parts.join("; "))
+}
+
+/// The `forward` scenario.
+pub fn forward(bench: &mut Bench) -> Result<ScenarioReport> {
+    let size = 64;
+    let tools = [
+        Tool::Sluice,
+        Tool::Testpmd(FwdMode::Macswap),
+        Tool::Testpmd(FwdMode::Io),
+    ];
+    let plan: Vec<(Tool, u32)> = tools.iter().map(|&t| (t, size)).collect();
+    let load = LoadWatch::start();
+    let rounds = run_rounds(bench, &plan)?;
+    let tsc = bench.machine.tsc_hz;
+    let sluice_mpps = Summary::of(&rounds[&(Tool::Sluice, size)]).map(|s| s.median);
+    let mut table = Table::new([
+        "tool",
+        "Mpps",
+        "min–max",
+        "ns/pkt",
+        "cycles/pkt",
+        "sluice ÷ tool",
+    ]);
+    let mut data = Vec::new();
+    for &t in &tools {
+        let Some(s) = Summary::of(&rounds[&(t, size)]) else {
+            continue;
+        };
+        let pps = s.median * 1e6;
+        let ratio = sluice_mpps.and_then(|m| stats::ratio(m, s.median));
+        table.row([
+            t.label(),
+            format!("{:.2}", s.median),
+            format!("{:.2}–{:.2}", s.min, s.max),
+            format!("{:.1}", stats::ns_per_packet(pps)),
+            format!("{:.0}", stats::cycles_per_packet(pps, tsc)),
+            fmt_opt(ratio, 2),
+        ]);
+        data.push(json!({
+            "tool": t.label(), "size": size, "mpps": s, "ns_per_packet": stats::ns_per_packet(pps),
+            "cycles_per_packet": stats::cycles_per_packet(pps, tsc), "sluice_ratio": ratio,
+        }));
+    }
+    Ok(ScenarioReport {
+        name: "forward".into(),
+        title: format!("bare bridge, {size} B frames, one worker core, both directions summed"),
+        tables: vec![table],
+        notes: vec![
+            method_note(bench.opts),
+            rounds_note(&rounds, &plan),
+            load.finish(),
+        ],
+        commands: std::mem::take(&mut bench.commands),
+        files: vec![],
+        data: json!(data),
+    })
+}
+
+/// The `sizes` scenario.
+pub fn sizes(bench: &mut Bench) -> Result<ScenarioReport> {
+    let opts = bench.opts;
+    let mut tools = vec![Tool::Sluice];
+    tools.extend(opts.size_peers.iter().map(|&m| Tool::Testpmd(m)));
+    let plan: Vec<(Tool, u32)> = opts
+        .sizes
+        .iter()
+        .flat_map(|&s| tools.iter().map(move |&t| (t, s)))
+        .collect();
+    let load = LoadWatch::start();
+    let rounds = run_rounds(bench, &plan)?;
+    let med = |t: Tool, s: u32| rounds.get(&(t, s)).and_then(|v| stats::median(v));
+
+    let mut headers = vec!["frame B".to_owned()];
+    for t in &tools {
+        headers.push(format!("{} Mpps", t.label()));
+        headers.push(format!("{} Gbit/s", t.label()));
+    }
+    for t in &tools[1..] {
+        headers.push(format!("sluice ÷ {}", t.label()));
+    }
+    headers.push("10GbE line Mpps".into());
+    let mut table = Table::new(headers);
+    let mut data = Vec::new();
+    for &size in &opts.sizes {
+        let mut row = vec![size.to_string()];
+        for &t in &tools {
+            let m = med(t, size);
+            row.push(fmt_opt(m, 2));
+            row.push(fmt_opt(m.map(|m| stats::wire_gbps(m * 1e6, size)), 2));
+        }
+        for &t in &tools[1..] {
+            row.push(fmt_opt(
+                med(Tool::Sluice, size)
+                    .zip(med(t, size))
+                    .and_then(|(a, b)| stats::ratio(a, b)),
+                2,
+            ));
+        }
+        row.push(format!(
+            "{:.2}",
+            stats::mpps(stats::line_rate_pps(10.0, size))
+        ));
+        table.row(row);
+        for &t in &tools {
+            data.push(json!({
+                "tool": t.label(), "size": size,
+                "mpps": rounds.get(&(t, size)).and_then(|v| Summary::of(v)),
+                "wire_gbps": med(t, size).map(|m| stats::wire_gbps(m * 1e6, size)),
+            }));
+        }
+    }
+
+    let labels: Vec<String> = opts.sizes.iter().map(|s| s.to_string()).collect();
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let series = |gbps: bool| -> Vec<svg::Series> {
+        let mut v: Vec<svg::Series> = tools
+            .iter()
+            .zip(colors)
+            .map(|(&t, color)| svg::Series {
+                label: t.label(),
+                color,
+                dashed: false,
+                values: opts
+                    .sizes
+                    .iter()
+                    .map(|&s| {
+                        let m = med(t, s).unwrap_or(f64::NAN);
+                        if gbps {
+                            stats::wire_gbps(m * 1e6, s)
+                        } else {
+                            m
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        v.push(svg::Series {
+            label: "10 GbE line rate (for scale)".into(),
+            color: "#999999",
+            dashed: true,
+            values: opts
+                .sizes
+                .iter()
+                .map(|&s| {
+                    if gbps {
+                        10.0
+                    } else {
+                        stats::mpps(stats::line_rate_pps(10.0, s))
+                    }
+                })
+                .collect(),
+        });
+        v
+    };
+    let plot = svg::chart(
+        &labels,
+        &[
+            svg::Panel {
+                title: "Packet rate (one worker core)".into(),
+                y_label: "Mpps".into(),
+                series: series(false),
+            },
+            svg::Panel {
+                title: "Wire throughput (+20 B preamble/IFG)".into(),
+                y_label: "Gbit/s".into(),
+                series: series(true),
+            },
+        ],
+        &format!(
+            "net_null copy=1, both directions summed, median of {} rounds; {}",
+            opts.rounds,
+            bench.machine.revision()
+        ),
+    );
+    std::fs::write(&opts.svg_path, plot)
+        .with_context(|| format!("writing {}", opts.svg_path.display()))?;
+
+    Ok(ScenarioReport {
+        name: "sizes".into(),
+        title: "bare bridge by frame size (net_null `size=`), both directions summed".into(),
+        tables: vec![table],
+        notes: vec![
+            method_note(opts),
+            "Gbit/s counts each frame's size plus 20 B of preamble, start delimiter and \
+             inter-frame gap, as a wire would carry it (the frame size is taken to include the FCS). \
+             net_null has no wire: the 10 GbE column only gives scale."
+                .into(),
+            rounds_note(&rounds, &plan),
+            load.finish(),
+        ],
+        commands: std::mem::take(&mut bench.commands),
+        files: vec![opts.svg_link.clone()],
+        data: json!(data),
+    })
+}
+
+/// A qos_sched report that carries no numbers, only why.
+fn qos_not_run(bench: &mut Bench, why: String) -> ScenarioReport {
+    ScenarioReport {
+        name: "qos_sched".into(),
+        title: "DPDK qos_sched example on net_null".into(),
+        tables: vec![],
+        notes: vec![format!("not run: {why}")],
+        commands: std::mem::take(&mut bench.commands),
+        files: vec![],
+        data: json!({ "ran": false, "why": why }),
+    }
+}
+
+/// The `qos_sched` scenario.
+pub fn qos_sched(bench: &mut Bench) -> Result<ScenarioReport> {
+    let opts = bench.opts;
+    if let Err(why) = qos_sched::check_prerequisites(&opts.qos_sched_src) {
+        return Ok(qos_not_run(bench, why));
+    }
+    let layout = match qos_sched::plan_layout(bench.machine.nproc) {
+        Ok(l) => l,
+        Err(why) => return Ok(qos_not_run(bench, why)),
+    };
+    let dir = opts.work_dir.join("qos_sched");
+    qos_sched::copy_sources(&opts.qos_sched_src, &dir).with_context(|| {
+        format!(
+            "copying {} to {}",
+            opts.qos_sched_src.display(),
+            dir.display()
+        )
+    })?;
+    let build = qos_sched::build_command(&dir);
+    eprintln!("  building qos_sched: {}", build.display());
+    let f = process::run(
+        &build,
+        Duration::from_secs(300),
+        Duration::from_secs(5),
+        |_| Verdict::Continue,
+    )?;
+    bench.commands.push(format!(
+        "cp -r {} {}",
+        opts.qos_sched_src.display(),
+        dir.display()
+    ));
+    bench.commands.push(build.display());
+    if !f.status.success() {
+        return Ok(qos_not_run(bench, format!("build failed:\n{}", f.tail(10))));
+    }
+    let stock_path = dir.join("profile.cfg");
+    let stock = std::fs::read_to_string(&stock_path)
+        .with_context(|| format!("reading {}", stock_path.display()))?;
+    let rate = qos_sched::subport_rate(&stock).unwrap_or(1_250_000_000);
+    let open_path = dir.join("profile_open.cfg");
+    std::fs::write(&open_path, qos_sched::open_profile(&stock, rate))?;
+    let profiles = [("stock profile.cfg", stock_path), ("open pipes", open_path)];
+
+    let devices = null_devices(64);
+    let bin = qos_sched::binary(&dir);
+    let load = LoadWatch::start();
+    let mut tx: HashMap<usize, Vec<f64>> = HashMap::new();
+    let mut rx: HashMap<usize, Vec<f64>> = HashMap::new();
+    for round in 1..=opts.rounds {
+        for (i, (label, profile)) in profiles.iter().enumerate() {
+            let prefix = bench.file_prefix("qos");
+            let spec = qos_sched::command(&bin, &layout, &devices, &prefix, MBUFS + 1, profile);
+            let (warmup, window) = (opts.warmup_secs, opts.window_secs);
+            let mut first: Option<f64> = None;
+            let on_line = |l: &Line| {
+                if l.text.trim_start().starts_with("TX port") {
+                    let f = *first.get_or_insert(l.t);
+                    // One extra second so that the window start (the first
+                    // line after the warm-up) is followed by `window` s.
+                    if l.t - f >= warmup + window + 0.95 {
+                        return Verdict::Stop;
+                    }
+                }
+                Verdict::Continue
+            };
+            let deadline = Duration::from_secs_f64(10.0 + warmup + window + 3.0);
+            let f = process::run(&spec, deadline, Duration::from_secs(5), on_line)?;
+            bench.commands.push(spec.display());
+            let lines: Vec<&str> = f.stdout.iter().map(|l| l.text.as_str()).collect();
+            let times: Vec<f64> = f.stdout.iter().map(|l| l.t).collect();
+            let secs = qos_sched::parse_seconds(lines);
+            if secs.len() < 2 {
+                let all = format!("{}{}", f.stdout_text(), f.stderr);
+                let why = qos_sched::startup_error(&all).unwrap_or_else(|| f.tail(10));
+                return Ok(qos_not_run(
+                    bench,
+                    format!("`{}` did not forward: {why}", spec.display()),
+                ));
+            }
+            let t = bench.window(&qos_sched::tx_samples(&secs, &times), "qos_sched", &f)?;
+            let r = bench.window(&qos_sched::rx_samples(&secs, &times), "qos_sched", &f)?;
+            eprintln!(
+                "  round {round}/{}  qos_sched {label:<18} tx {:8.3} Mpps  rx {:7.2} Mpps",
+                opts.rounds,
+                stats::mpps(t.pps),
+                stats::mpps(r.pps)
+            );
+            tx.entry(i).or_default().push(stats::mpps(t.pps));
+            rx.entry(i).or_default().push(stats::mpps(r.pps));
+        }
+    }
+    let mut table = Table::new([
+        "profile",
+        "TX Mpps",
+        "min–max",
+        "RX Mpps",
+        "worker cycles/TX pkt",
+    ]);
+    let mut data = Vec::new();
+    for (i, (label, _)) in profiles.iter().enumerate() {
+        let (Some(t), Some(r)) = (Summary::of(&tx[&i]), Summary::of(&rx[&i])) else {
+            continue;
+        };
+        // Only meaningful when the scheduler, not a pipe's shaper, limits.
+        let cycles = (t.median > 0.01 * r.median)
+            .then(|| stats::cycles_per_packet(t.median * 1e6, bench.machine.tsc_hz));
+        table.row([
+            label.to_string(),
+            format!("{:.3}", t.median),
+            format!("{:.3}–{:.3}", t.min, t.max),
+            format!("{:.2}", r.median),
+            fmt_opt(cycles, 0),
+        ]);
+        data.push(json!({ "profile": label, "tx_mpps": t, "rx_mpps": r, "worker_cycles_per_tx_packet": cycles }));
+    }
+    let mut notes = vec![
+        "qos_sched classifies by packet bytes (outer VLAN → subport, inner VLAN → pipe, \
+         destination IP → queue). net_null's frames are all zeros, so every packet lands in \
+         subport 0, pipe 0, traffic class 0: one active pipe out of 4096, not the many-pipe \
+         load the scheduler is built for."
+            .into(),
+        format!(
+            "stock profile.cfg caps each pipe at 305175 B/s, so TX is that one pipe's shaped rate \
+             (305175 / (64 + 24 B overhead) ≈ 3.5 kpps) and the rest is dropped: correct shaping, \
+             not a throughput figure. \"open pipes\" raises every pipe rate to the subport rate \
+             ({rate} B/s) so the scheduler itself is the limit."
+        ),
+        "One direction (port 0 → port 1), RX on one core and worker+TX on the other: not \
+         comparable 1:1 with the bridge rows. No Sluice ratio: Sluice has no scheduler yet \
+         (`sched` scenario)."
+            .into(),
+    ];
+    notes.push(load.finish());
+    if let Some(c) = &layout.caveat {
+        notes.insert(0, format!("Layout: {c}"));
+    }
+    Ok(ScenarioReport {
+        name: "qos_sched".into(),
+        title: "DPDK qos_sched example (rte_sched) on net_null, 64 B".into(),
+        tables: vec![table],
+        notes,
+        commands: std::mem::take(&mut bench.commands),
+        files: vec![],
+        data: json!({ "ran": true, "rows": data }),
+    })
+}
+
+/// Repository root (the workspace), for the git revision.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}

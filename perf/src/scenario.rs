@@ -1,0 +1,175 @@
+//! The scenario registry: every benchmark the runner knows, including the
+//! ones that wait for a feature of the appliance and must not be faked.
+
+/// A named benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    Forward,
+    Sizes,
+    QosSched,
+    Parse,
+    Classify,
+    Rewrite,
+    Police,
+    Sched,
+    Latency,
+}
+
+/// Whether a scenario can run with the appliance as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Available,
+    /// Not yet: names the feature it needs.
+    NeedsFeature(&'static str),
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 9] = [
+        Scenario::Forward,
+        Scenario::Sizes,
+        Scenario::QosSched,
+        Scenario::Parse,
+        Scenario::Classify,
+        Scenario::Rewrite,
+        Scenario::Police,
+        Scenario::Sched,
+        Scenario::Latency,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Forward => "forward",
+            Scenario::Sizes => "sizes",
+            Scenario::QosSched => "qos_sched",
+            Scenario::Parse => "parse",
+            Scenario::Classify => "classify",
+            Scenario::Rewrite => "rewrite",
+            Scenario::Police => "police",
+            Scenario::Sched => "sched",
+            Scenario::Latency => "latency",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn about(self) -> &'static str {
+        match self {
+            Scenario::Forward => {
+                "bare bridge, 64 B, one worker, two net_null ports; vs dpdk-testpmd macswap and io"
+            }
+            Scenario::Sizes => {
+                "bare bridge at 64..1518 B, Mpps and wire Gbit/s vs testpmd; writes sizes.svg"
+            }
+            Scenario::QosSched => {
+                "DPDK's qos_sched example (rte_sched) on net_null, if it can run here"
+            }
+            Scenario::Parse => "micro-benchmark of the packet parser (ns/packet percentiles)",
+            Scenario::Classify => "flow-table hit/miss and policy lookup on the worker path",
+            Scenario::Rewrite => "DSCP / port / IP rewrite with incremental checksums",
+            Scenario::Police => "per-binding metering and policing",
+            Scenario::Sched => "Sluice's egress scheduler vs qos_sched",
+            Scenario::Latency => "per-packet latency percentiles through the appliance",
+        }
+    }
+
+    pub fn availability(self) -> Availability {
+        use Availability::*;
+        match self {
+            Scenario::Forward | Scenario::Sizes | Scenario::QosSched => Available,
+            // TODO(parse): the parser is being written in
+            // dataplane/src/packet/. When it lands, time parse() over a
+            // corpus (Ethernet, 0-2 VLAN tags, IPv4/IPv6, TCP/UDP, and
+            // malformed frames) in-process, no DPDK, with hdrhistogram
+            // ns/packet percentiles, and compare against a plain
+            // memcpy of the same headers as the floor.
+            Scenario::Parse => NeedsFeature(
+                "the packet parser (dataplane/src/packet/, in progress) — TODO slot",
+            ),
+            Scenario::Classify => {
+                NeedsFeature("flow table and policy lookup on the worker path")
+            }
+            Scenario::Rewrite => NeedsFeature("rewrites on the worker path"),
+            Scenario::Police => NeedsFeature("per-binding meters"),
+            Scenario::Sched => NeedsFeature("Sluice's egress scheduler (priority queues, shaper, AQM)"),
+            Scenario::Latency => NeedsFeature(
+                "per-packet timestamps through the worker, or Pktgen-DPDK with latency on (see README)",
+            ),
+        }
+    }
+
+    /// One line for `--help` and `list`.
+    pub fn help_line(self) -> String {
+        match self.availability() {
+            Availability::Available => format!("  {:<10} {}", self.name(), self.about()),
+            Availability::NeedsFeature(f) => format!(
+                "  {:<10} {} [not yet available: needs {f}]",
+                self.name(),
+                self.about()
+            ),
+        }
+    }
+}
+
+/// Expands the names given on the command line (`all` = every scenario)
+/// into scenarios in registry order, without duplicates.
+pub fn resolve(names: &[String]) -> Result<Vec<Scenario>, String> {
+    let mut out = Vec::new();
+    for n in names {
+        let add: Vec<Scenario> = if n == "all" {
+            Scenario::ALL.to_vec()
+        } else {
+            vec![Scenario::from_name(n).ok_or_else(|| {
+                format!(
+                    "unknown scenario `{n}`; expected one of: all, {}",
+                    Scenario::ALL.map(Scenario::name).join(", ")
+                )
+            })?]
+        };
+        for s in add {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    out.sort_by_key(|s| Scenario::ALL.iter().position(|x| x == s));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::from_name(s.name()), Some(s));
+        }
+    }
+
+    #[test]
+    fn all_expands_in_order_without_duplicates() {
+        let v = resolve(&["sizes".into(), "all".into(), "forward".into()]).unwrap();
+        assert_eq!(v, Scenario::ALL.to_vec());
+        let v = resolve(&["qos_sched".into(), "forward".into()]).unwrap();
+        assert_eq!(v, [Scenario::Forward, Scenario::QosSched]);
+    }
+
+    #[test]
+    fn unknown_names_are_rejected_with_the_choices() {
+        let e = resolve(&["fwd".into()]).unwrap_err();
+        assert!(e.contains("`fwd`") && e.contains("forward"), "{e}");
+    }
+
+    #[test]
+    fn unavailable_scenarios_say_what_they_need() {
+        assert_eq!(Scenario::Forward.availability(), Availability::Available);
+        let line = Scenario::Parse.help_line();
+        assert!(
+            line.contains("not yet available: needs the packet parser"),
+            "{line}"
+        );
+        assert!(Scenario::Sched.help_line().contains("not yet available"));
+    }
+}
