@@ -139,18 +139,30 @@ fn set_addr(f: &mut [u8], dst: bool, addr: &[u8]) {
 
 fn dst_addr(f: &[u8]) -> Option<Vec<u8>> {
     let l = layout(f)?;
-    Some(if l.v6 { f[l.l3 + 24..l.l3 + 40].to_vec() } else { f[l.l3 + 16..l.l3 + 20].to_vec() })
+    Some(if l.v6 {
+        f[l.l3 + 24..l.l3 + 40].to_vec()
+    } else {
+        f[l.l3 + 16..l.l3 + 20].to_vec()
+    })
 }
 
 /// Runs sluice over pcaps with `rules` (TOML) and returns the two outputs:
 /// (what left upstream, what left towards the subscriber).
-fn through_sluice(rules: &str, sub_in: &[Vec<u8>], up_in: &[Vec<u8>]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, tempfile::TempDir) {
+fn through_sluice(
+    rules: &str,
+    sub_in: &[Vec<u8>],
+    up_in: &[Vec<u8>],
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_pcap(&d.join("sub_in.pcap"), sub_in);
     write_pcap(&d.join("up_in.pcap"), up_in);
     let dev = |name: &str, rx: &str, tx: &str| {
-        format!("{name},rx_pcap={},tx_pcap={}", d.join(rx).display(), d.join(tx).display())
+        format!(
+            "{name},rx_pcap={},tx_pcap={}",
+            d.join(rx).display(),
+            d.join(tx).display()
+        )
     };
     let toml = format!(
         "{}{rules}",
@@ -160,7 +172,10 @@ fn through_sluice(rules: &str, sub_in: &[Vec<u8>], up_in: &[Vec<u8>]) -> (Vec<Ve
         )
     );
     let cfg = write_config(d, &toml);
-    let out = run(&["-c", cfg.to_str().unwrap(), "--duration", "2"], Duration::from_secs(60));
+    let out = run(
+        &["-c", cfg.to_str().unwrap(), "--duration", "2"],
+        Duration::from_secs(60),
+    );
     assert!(out.status.success(), "{}", describe(&out));
     let up = read_pcap(&d.join("up_out.pcap"));
     let sub = read_pcap(&d.join("sub_out.pcap"));
@@ -175,16 +190,25 @@ fn assert_tshark_checksums_good(frames: &[Vec<u8>], dir: &std::path::Path, name:
     let tshark = |filter: &str| {
         let out = Command::new("tshark")
             .args(["-r", path.to_str().unwrap()])
-            .args(["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE"])
+            .args([
+                "-o",
+                "ip.check_checksum:TRUE",
+                "-o",
+                "tcp.check_checksum:TRUE",
+                "-o",
+                "udp.check_checksum:TRUE",
+            ])
             .args(["-Y", filter])
             .output()
             .expect("run tshark");
         assert!(out.status.success(), "{}", describe(&out));
         String::from_utf8_lossy(&out.stdout).lines().count()
     };
-    let bad = tshark("ip.checksum.status == 0 || tcp.checksum.status == 0 || udp.checksum.status == 0");
+    let bad =
+        tshark("ip.checksum.status == 0 || tcp.checksum.status == 0 || udp.checksum.status == 0");
     assert_eq!(bad, 0, "tshark found {bad} bad checksums in {name}");
-    let good = tshark("ip.checksum.status == 1 || tcp.checksum.status == 1 || udp.checksum.status == 1");
+    let good =
+        tshark("ip.checksum.status == 1 || tcp.checksum.status == 1 || udp.checksum.status == 1");
     assert!(good > 0, "tshark validated no checksum at all in {name}");
 }
 
@@ -207,7 +231,10 @@ fn dscp_rule_marks_every_ip_packet_and_keeps_ecn_and_checksums() {
     assert!(sub.is_empty());
     assert_eq!(up.len(), expected.len());
     for (i, (got, want)) in up.iter().zip(&expected).enumerate() {
-        assert_eq!(got, want, "frame {i}: DSCP 46 set, ECN kept, checksums valid; nothing else changes");
+        assert_eq!(
+            got, want,
+            "frame {i}: DSCP 46 set, ECN kept, checksums valid; nothing else changes"
+        );
     }
     assert_eq!(up[1][layout(&up[1]).unwrap().l3 + 1], (46 << 2) | 0x02);
     assert_tshark_checksums_good(&up, dir.path(), "dscp");
@@ -216,7 +243,12 @@ fn dscp_rule_marks_every_ip_packet_and_keeps_ecn_and_checksums() {
 #[test]
 fn port_remap_rewrites_matching_flows_and_their_replies_only() {
     let sub_in = mixed_traffic(1);
-    let up_in = replies([198, 18, 0, 2], [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], 8080, 5353);
+    let up_in = replies(
+        [198, 18, 0, 2],
+        [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        8080,
+        5353,
+    );
     let rules = "[[rules]]\nname = \"web\"\ndst = \"198.18.0.2/32\"\nprotocol = \"tcp\"\ndst_port = 80\nremap_port = 8080\n\
                  [[rules]]\nname = \"dns\"\nprotocol = \"udp\"\ndst_port = 53\nremap_port = 5353\n";
     let (up, sub, dir) = through_sluice(rules, &sub_in, &up_in);
@@ -227,7 +259,9 @@ fn port_remap_rewrites_matching_flows_and_their_replies_only() {
         .map(|f| {
             let mut f = f.clone();
             match ports(&f) {
-                Some((6, _, 80)) if dst_addr(&f) == Some(vec![198, 18, 0, 2]) => set_port(&mut f, true, 8080),
+                Some((6, _, 80)) if dst_addr(&f) == Some(vec![198, 18, 0, 2]) => {
+                    set_port(&mut f, true, 8080)
+                }
                 Some((17, _, 53)) => set_port(&mut f, true, 5353),
                 _ => {}
             }

@@ -165,7 +165,10 @@ impl Bench {
         let (if_a, if_b) = (unique("ra"), unique("rb"));
         let toml = format!(
             "{}{rules}",
-            config(&format!("net_tap0,iface={if_a}"), &format!("net_tap1,iface={if_b}"))
+            config(
+                &format!("net_tap0,iface={if_a}"),
+                &format!("net_tap1,iface={if_b}")
+            )
         );
         let cfg = write_config(dir.path(), &toml);
         let sluice = Running::start(&cfg, dir.path().join("report.json"));
@@ -181,39 +184,75 @@ impl Bench {
 
     /// Starts tcpdump on the subscriber (`a`) or upstream side.
     fn capture(&self, a: bool, name: &str) -> (std::process::Child, std::path::PathBuf) {
-        let (ns, ifname) = if a { (&self.ns.a, &self.if_a) } else { (&self.ns.b, &self.if_b) };
+        let (ns, ifname) = if a {
+            (&self.ns.a, &self.if_a)
+        } else {
+            (&self.ns.b, &self.if_b)
+        };
         let path = self.dir.path().join(format!("{name}.pcap"));
-        let child = Namespaces::exec(ns, &["tcpdump", "-i", ifname, "-nn", "-U", "-w", path.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = Namespaces::exec(
+            ns,
+            &[
+                "tcpdump",
+                "-i",
+                ifname,
+                "-nn",
+                "-U",
+                "-w",
+                path.to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
         (child, path)
     }
 
     /// Sends 1 MiB from the subscriber host to `dst:port`, received by a
     /// server in the upstream namespace listening on `listen` (addr:port).
     fn transfer(&self, dst: &str, port: u16, listen: &str) {
-        let sent: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        let sent: Vec<u8> = (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
         let d = self.dir.path();
         std::fs::write(d.join("sent"), &sent).unwrap();
         let received = d.join("received");
         let mut server = Namespaces::exec(
             &self.ns.b,
-            &["socat", "-u", &format!("TCP-LISTEN:{listen},reuseaddr"), &format!("OPEN:{},creat,trunc", received.display())],
+            &[
+                "socat",
+                "-u",
+                &format!("TCP-LISTEN:{listen},reuseaddr"),
+                &format!("OPEN:{},creat,trunc", received.display()),
+            ],
         )
         .spawn()
         .unwrap();
         std::thread::sleep(Duration::from_millis(500));
         let client = Namespaces::exec(
             &self.ns.a,
-            &["timeout", "30", "socat", "-u", &format!("OPEN:{}", d.join("sent").display()), &format!("TCP:{dst}:{port}")],
+            &[
+                "timeout",
+                "30",
+                "socat",
+                "-u",
+                &format!("OPEN:{}", d.join("sent").display()),
+                &format!("TCP:{dst}:{port}"),
+            ],
         )
         .output()
         .unwrap();
-        assert!(client.status.success(), "client to {dst}:{port}: {}", describe(&client));
+        assert!(
+            client.status.success(),
+            "client to {dst}:{port}: {}",
+            describe(&client)
+        );
         assert!(server.wait().unwrap().success());
-        assert!(std::fs::read(&received).unwrap() == sent, "transfer corrupted");
+        assert!(
+            std::fs::read(&received).unwrap() == sent,
+            "transfer corrupted"
+        );
     }
 
     /// Stops sluice (the captures in `dir` stay until the bench drops).
@@ -229,7 +268,9 @@ impl Bench {
 
 fn stop_capture(mut c: std::process::Child) {
     std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill").args(["-INT", &c.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &c.id().to_string()])
+        .status();
     let _ = c.wait();
 }
 
@@ -246,11 +287,19 @@ fn count(pcap: &std::path::Path, filter: &str) -> usize {
 fn tshark_fields(pcap: &std::path::Path, filter: &str, field: &str) -> Vec<String> {
     let out = Command::new("tshark")
         .args(["-r", pcap.to_str().unwrap()])
-        .args(["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE"])
+        .args([
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "tcp.check_checksum:TRUE",
+        ])
         .args(["-Y", filter, "-T", "fields", "-e", field])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -266,17 +315,41 @@ fn tap_port_remap_reaches_the_premium_port_while_the_client_sees_only_80() {
     stop_capture(cap_a);
     stop_capture(cap_b);
     bench.stop();
-    assert!(count(&pcap_a, "tcp port 80") > 20, "client side saw no :80 traffic");
-    assert_eq!(count(&pcap_a, "tcp port 8080"), 0, "client side saw the remapped port");
-    assert!(count(&pcap_b, "tcp port 8080") > 20, "server side saw no :8080 traffic");
-    assert_eq!(count(&pcap_b, "tcp port 80"), 0, "server side saw the original port");
+    assert!(
+        count(&pcap_a, "tcp port 80") > 20,
+        "client side saw no :80 traffic"
+    );
+    assert_eq!(
+        count(&pcap_a, "tcp port 8080"),
+        0,
+        "client side saw the remapped port"
+    );
+    assert!(
+        count(&pcap_b, "tcp port 8080") > 20,
+        "server side saw no :8080 traffic"
+    );
+    assert_eq!(
+        count(&pcap_b, "tcp port 80"),
+        0,
+        "server side saw the original port"
+    );
 }
 
 #[test]
 fn tap_ip_remap_reaches_the_priority_endpoint_while_the_client_sees_the_original() {
-    let mut bench = Bench::new("[[rules]]\nname = \"endpoint\"\ndst = \"198.18.0.2/32\"\nremap_ip = \"198.18.0.3\"\n");
+    let mut bench = Bench::new(
+        "[[rules]]\nname = \"endpoint\"\ndst = \"198.18.0.2/32\"\nremap_ip = \"198.18.0.3\"\n",
+    );
     let st = Command::new("ip")
-        .args(["-n", &bench.ns.b, "addr", "add", "198.18.0.3/24", "dev", &bench.if_b])
+        .args([
+            "-n",
+            &bench.ns.b,
+            "addr",
+            "add",
+            "198.18.0.3/24",
+            "dev",
+            &bench.if_b,
+        ])
         .status()
         .unwrap();
     assert!(st.success());
@@ -287,7 +360,11 @@ fn tap_ip_remap_reaches_the_priority_endpoint_while_the_client_sees_the_original
     stop_capture(cap_a);
     bench.stop();
     assert!(count(&pcap_a, "tcp and host 198.18.0.2") > 20);
-    assert_eq!(count(&pcap_a, "host 198.18.0.3"), 0, "client saw the endpoint address");
+    assert_eq!(
+        count(&pcap_a, "host 198.18.0.3"),
+        0,
+        "client saw the endpoint address"
+    );
 }
 
 #[test]
@@ -304,13 +381,29 @@ fn tap_dscp_and_mss_rule_marks_are_seen_downstream_with_valid_checksums() {
     bench.stop();
     let to_server = "tcp and ip.dst == 198.18.0.2";
     let dscp = tshark_fields(&pcap_b, to_server, "ip.dsfield.dscp");
-    assert!(dscp.len() > 20, "far side saw {} packets to the server", dscp.len());
+    assert!(
+        dscp.len() > 20,
+        "far side saw {} packets to the server",
+        dscp.len()
+    );
     assert!(dscp.iter().all(|d| d == "46"), "unmarked packets: {dscp:?}");
-    let bad = tshark_fields(&pcap_b, "ip.checksum.status == 0 || tcp.checksum.status == 0", "frame.number");
+    let bad = tshark_fields(
+        &pcap_b,
+        "ip.checksum.status == 0 || tcp.checksum.status == 0",
+        "frame.number",
+    );
     assert!(bad.is_empty(), "bad checksums in frames {bad:?}");
-    let mss = tshark_fields(&pcap_b, "tcp.flags.syn == 1 && tcp.flags.ack == 0", "tcp.options.mss_val");
+    let mss = tshark_fields(
+        &pcap_b,
+        "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+        "tcp.options.mss_val",
+    );
     assert_eq!(mss, vec!["1200".to_string()], "SYN MSS not clamped");
     // The server's SYN-ACK is clamped on its way back too.
-    let mss = tshark_fields(&pcap_a, "tcp.flags.syn == 1 && tcp.flags.ack == 1", "tcp.options.mss_val");
+    let mss = tshark_fields(
+        &pcap_a,
+        "tcp.flags.syn == 1 && tcp.flags.ack == 1",
+        "tcp.options.mss_val",
+    );
     assert_eq!(mss, vec!["1200".to_string()], "SYN-ACK MSS not clamped");
 }

@@ -203,7 +203,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
     let report = RunReport {
         elapsed_secs,
         ports: port_reports,
-        workers: counters.iter().map(|(l, c)| c.snapshot(*l, &rule_names)).collect(),
+        workers: counters
+            .iter()
+            .map(|(l, c)| c.snapshot(*l, &rule_names))
+            .collect(),
         pool_size: pool.size(),
         pool_in_use: pool.in_use(),
     };

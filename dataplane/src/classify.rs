@@ -199,14 +199,26 @@ mod tests {
             .classify(&key("11.1.1.1", "198.18.0.2", 17, 80, Direction::Upstream))
             .is_none());
         assert!(r
-            .classify(&key("2001:db8::1", "2001:db9::1", 6, 80, Direction::Upstream))
+            .classify(&key(
+                "2001:db8::1",
+                "2001:db9::1",
+                6,
+                80,
+                Direction::Upstream
+            ))
             .is_none());
         // An IPv4 address whose bits equal an IPv6 prefix's never matches it.
         assert!(r
             .classify(&key("0.0.0.1", "32.1.13.184", 6, 1, Direction::Upstream))
             .is_none());
         let (i, _) = r
-            .classify(&key("2001:db8::1", "2001:db8:1::1", 17, 5, Direction::Upstream))
+            .classify(&key(
+                "2001:db8::1",
+                "2001:db8:1::1",
+                17,
+                5,
+                Direction::Upstream,
+            ))
             .unwrap();
         assert_eq!(i, 2);
     }
@@ -226,7 +238,13 @@ mod tests {
             .unwrap();
         assert_eq!(a, ActionSet::default(), "ICMP: no remap");
         let (_, a) = r
-            .classify(&key("2001:db8::1", "2001:db8::2", 17, 5, Direction::Upstream))
+            .classify(&key(
+                "2001:db8::1",
+                "2001:db8::2",
+                17,
+                5,
+                Direction::Upstream,
+            ))
             .unwrap();
         assert_eq!((a.dscp, a.mss_clamp), (Dscp::new(46), None));
     }
@@ -237,7 +255,10 @@ mod tests {
         assert!(all4.contains(IpVersion::V4, 0xffff_ffff));
         assert!(!all4.contains(IpVersion::V6, 0));
         let host6 = Prefix::new("2001:db8::1/128".parse().unwrap());
-        assert!(host6.contains(IpVersion::V6, u128::from("2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap())));
+        assert!(host6.contains(
+            IpVersion::V6,
+            u128::from("2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap())
+        ));
         let all6 = Prefix::new("::/0".parse().unwrap());
         assert!(all6.contains(IpVersion::V6, u128::MAX));
     }

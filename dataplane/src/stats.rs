@@ -115,7 +115,11 @@ impl PathCounters {
 
     #[inline]
     pub fn action(&self, a: Action, o: Outcome) {
-        if let Some(c) = self.actions.get(a.index()).and_then(|row| row.get(o.index())) {
+        if let Some(c) = self
+            .actions
+            .get(a.index())
+            .and_then(|row| row.get(o.index()))
+        {
             bump(c, 1);
         }
     }
@@ -144,7 +148,9 @@ impl PathCounters {
         PathSnapshot {
             parse_errors: ParseError::ALL
                 .iter()
-                .filter_map(|e| Some((e.name().to_owned(), nonzero(&self.parse_errors[e.index()])?)))
+                .filter_map(|e| {
+                    Some((e.name().to_owned(), nonzero(&self.parse_errors[e.index()])?))
+                })
                 .collect(),
             actions: Action::ALL
                 .iter()
@@ -152,7 +158,10 @@ impl PathCounters {
                     let row: BTreeMap<String, u64> = Outcome::ALL
                         .iter()
                         .filter_map(|o| {
-                            Some((o.name().to_owned(), nonzero(&self.actions[a.index()][o.index()])?))
+                            Some((
+                                o.name().to_owned(),
+                                nonzero(&self.actions[a.index()][o.index()])?,
+                            ))
                         })
                         .collect();
                     (!row.is_empty()).then(|| (a.name().to_owned(), row))
@@ -424,7 +433,11 @@ fn write_path(f: &mut fmt::Formatter<'_>, lcore: u32, p: &PathSnapshot) -> fmt::
         writeln!(f, "lcore{lcore} action {action}: {}", join(outcomes))?;
     }
     if !p.parse_errors.is_empty() {
-        writeln!(f, "lcore{lcore} not parsed (forwarded untouched): {}", join(&p.parse_errors))?;
+        writeln!(
+            f,
+            "lcore{lcore} not parsed (forwarded untouched): {}",
+            join(&p.parse_errors)
+        )?;
     }
     Ok(())
 }

@@ -52,8 +52,10 @@ impl Pipeline {
             return;
         };
         let report = match self.flows.lookup(&key, p.tcp_flags(), now) {
-            Some(hit) if hit.side == Side::Forward => packet::apply_forward(frame, &p, &hit.decision.actions),
-            Some(hit) => packet::apply_reverse(frame, &p, &hit.reverse),
+            Some(hit) if hit.side == Side::Forward => {
+                packet::apply_forward(frame, &p, &hit.decision.actions)
+            }
+            Some(hit) => packet::apply_reverse(frame, &p, hit.reverse),
             None => {
                 let decided = self.rules.classify(&key);
                 if let Some((rule, _)) = decided {
@@ -65,8 +67,14 @@ impl Pipeline {
                     packet::apply_forward(frame, &p, &actions)
                 } else {
                     let reverse = ReverseRewrite::for_forward(&key, &actions);
-                    let decision = FlowDecision { generation: 0, actions };
-                    match self.flows.insert(key, reverse, decision, p.tcp_flags(), now) {
+                    let decision = FlowDecision {
+                        generation: 0,
+                        actions,
+                    };
+                    match self
+                        .flows
+                        .insert(key, reverse, decision, p.tcp_flags(), now)
+                    {
                         Ok(_) => packet::apply_forward(frame, &p, &actions),
                         // Another flow owns the reply key: a remap would make the
                         // two indistinguishable, so this one goes unrewritten
@@ -127,7 +135,11 @@ impl Worker {
                 path.publish_flows(&pipe.flows.counters(), pipe.flows.len());
             }
             let out = lane.tx.tx(burst);
-            counters.add_tx(out.sent as u64, bytes - out.dropped_bytes, out.dropped as u64);
+            counters.add_tx(
+                out.sent as u64,
+                bytes - out.dropped_bytes,
+                out.dropped as u64,
+            );
         }
         total
     }

@@ -201,14 +201,42 @@ const V6_B: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 /// Replies from the upstream host to the first frames of [`mixed_traffic`],
 /// as a remapping `rule` would have made them: from `server_port` (the
 /// remapped ports) or from `server_v4`/`server_v6` (the remapped address).
-pub fn replies(server_v4: [u8; 4], server_v6: [u8; 16], tcp_port: u16, udp_port: u16) -> Vec<Vec<u8>> {
+pub fn replies(
+    server_v4: [u8; 4],
+    server_v6: [u8; 16],
+    tcp_port: u16,
+    udp_port: u16,
+) -> Vec<Vec<u8>> {
     let eth = || PacketBuilder::ethernet2(MAC_B, MAC_A);
     vec![
-        frame(|v| eth().ipv4(server_v4, V4_A, 64).tcp(tcp_port, 40000, 100, 65535).ack(101).write(v, b"reply-v4")),
-        frame(|v| eth().ipv4(server_v4, V4_A, 64).udp(udp_port, 5353).write(v, b"dns-answer")),
-        frame(|v| eth().ipv6(server_v6, V6_A, 64).tcp(443, 40001, 100, 1000).ack(159).write(v, b"reply-v6")),
+        frame(|v| {
+            eth()
+                .ipv4(server_v4, V4_A, 64)
+                .tcp(tcp_port, 40000, 100, 65535)
+                .ack(101)
+                .write(v, b"reply-v4")
+        }),
+        frame(|v| {
+            eth()
+                .ipv4(server_v4, V4_A, 64)
+                .udp(udp_port, 5353)
+                .write(v, b"dns-answer")
+        }),
+        frame(|v| {
+            eth()
+                .ipv6(server_v6, V6_A, 64)
+                .tcp(443, 40001, 100, 1000)
+                .ack(159)
+                .write(v, b"reply-v6")
+        }),
         // Not part of any flow: must pass untouched.
-        frame(|v| eth().ipv4(V4_B, V4_A, 64).tcp(22, 50000, 1, 100).ack(1).write(v, b"ssh")),
+        frame(|v| {
+            eth()
+                .ipv4(V4_B, V4_A, 64)
+                .tcp(22, 50000, 1, 100)
+                .ack(1)
+                .write(v, b"ssh")
+        }),
     ]
 }
 
@@ -273,7 +301,11 @@ pub fn mixed_traffic(seed: u8) -> Vec<Vec<u8>> {
                 .ipv4(V4_A, V4_B, 64)
                 .tcp(40003, 80, 77, 64240)
                 .syn()
-                .options(&[MaximumSegmentSize(1460), SelectiveAcknowledgementPermitted, WindowScale(7)])
+                .options(&[
+                    MaximumSegmentSize(1460),
+                    SelectiveAcknowledgementPermitted,
+                    WindowScale(7),
+                ])
                 .expect("tcp options")
                 .write(v, &[])
         }),

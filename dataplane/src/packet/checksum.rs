@@ -12,8 +12,8 @@
 //!   (RFC 1624 section 3), so a corrupted packet stays detectably corrupt.
 
 /// The one's-complement sum of the changes `~m + m'` over some 16-bit words.
-/// Build it with [`Delta::word`] / [`Delta::bytes`], then apply it to every
-/// checksum that covers those words.
+/// Build it with [`Delta::word`], [`Delta::word32`] or [`Delta::word128`],
+/// then apply it to every checksum that covers those words.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Delta(u64);
 

@@ -66,9 +66,11 @@
 //! ports 0: they should not create flow-table entries.
 //!
 //! # Cost
-//! Parse plus one rewrite of a 64-byte TCP/IPv4 packet is a few tens of
-//! instructions: fixed-size reads after one length check per header, and a
-//! checksum update that touches only the changed words.
+//! Parse plus one rewrite of a 64-byte TCP/IPv4 packet is some 60-70
+//! instructions: [`parse`](parse()) and [`apply_forward`] are inlined into the
+//! caller (the IPv4 path; the IPv6 extension-header walk is out of line),
+//! reads are fixed-size after one length check per header, and a checksum
+//! update touches only the changed words (addresses as 32-bit words).
 pub mod checksum;
 pub mod parse;
 pub mod rewrite;
