@@ -20,4 +20,5 @@ pub mod dpdk;
 pub mod flow;
 pub mod packet;
 pub mod stats;
+pub mod tables;
 pub mod worker;
