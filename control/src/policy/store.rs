@@ -1,0 +1,1094 @@
+//! The durable store: a snapshot plus an append-only journal of batches.
+//!
+//! # Guarantee
+//! **An acknowledged batch is on disk; an unacknowledged one may or may not
+//! be, and is never loaded half.** [`Store::commit`] validates the batch
+//! against the state, appends it to the journal as one record and
+//! `fsync`s it (`File::sync_data`) before the state changes and before it
+//! returns; the caller acknowledges only after that. A batch is one record,
+//! so a crash (`kill -9`, power loss) leaves either the whole batch or none
+//! of it. Group commit: one `fsync` per batch, whatever its size.
+//!
+//! # Files (in the store directory)
+//! - `journal`: records appended one per accepted batch.
+//! - `snapshot`: one record holding the whole state at some sequence
+//!   number. Written to `snapshot.tmp`, `fsync`ed, renamed over `snapshot`,
+//!   then the directory is `fsync`ed, and only then is the journal emptied.
+//!   A crash between the rename and the emptying leaves journal records the
+//!   snapshot already holds; loading skips them by sequence number.
+//!
+//! # Record format
+//! `magic "SLJ1" | payload length u32 LE | CRC-32 of payload u32 LE |
+//! CRC-32 of the previous 12 bytes u32 LE | payload`. The journal payload is
+//! JSON `{"seq":S,"changes":[...]}` (S: the sequence number before the
+//! batch; changes in the `batch` request's shape), the snapshot payload
+//! `{"format":1,"seq":S,"generations":[...],"default":{...},"tiers":[...],
+//! "logins":[...],"coupons":[...],"sps":[...],"eligibility":[...]}`. JSON
+//! costs space but keeps the journal readable and shares the protocol's
+//! validated decoding.
+//!
+//! # Loading
+//! The snapshot (if any) is loaded and validated, then the journal's records
+//! are replayed in order, each one applied as the batch it was. At the first
+//! record that is incomplete or fails its CRC:
+//! - if no valid record follows it, it is the torn tail of a write that was
+//!   never acknowledged: it is cut off (the file is truncated to the last
+//!   good record) and reported in [`LoadReport::truncated_bytes`];
+//! - if a valid record follows it, the damage is in the middle, and
+//!   acknowledged batches would be lost: loading fails with
+//!   [`StoreError::Corrupt`] (naming the offset), unless
+//!   [`StoreOptions::truncate_corrupt`] allows dropping everything from it.
+//!
+//! # Compaction
+//! After a commit, when the journal holds [`StoreOptions::compact_after_records`]
+//! records or more bytes than both [`StoreOptions::compact_after_bytes`] and
+//! the last snapshot (so rewriting the snapshot costs at most as much as the
+//! journal writes it replaces), a snapshot is written and the journal
+//! emptied. A failed compaction does not fail the commit (the batch is
+//! already durable); it is retried after as many records again, and shown in
+//! [`StoreStats::last_compaction_error`].
+//!
+//! # Failures
+//! A failed journal write is cut off again (the file truncated to its length
+//! before) and the batch is refused, state unchanged. A failed `fsync`
+//! poisons the store: after it the kernel may have dropped the dirty pages
+//! and nothing more can be promised, so every later commit is refused until
+//! the process restarts and reloads what really is on disk.
+//!
+//! One process per directory: nothing here locks it.
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use thiserror::Error;
+
+use super::model::{Change, Entry};
+use super::model::{CouponBinding, Decision, EligibilityRule, LoginBinding, SpAllocation, Tier};
+use super::protocol::parse_change;
+use super::state::{Applied, BatchError, PolicyState};
+
+const MAGIC: [u8; 4] = *b"SLJ1";
+const HEADER: usize = 16;
+/// The largest record payload written or read (a corrupt length can
+/// therefore never make the loader allocate more).
+pub const MAX_RECORD_BYTES: usize = 1 << 30;
+const SNAPSHOT_FORMAT: u32 = 1;
+
+const JOURNAL: &str = "journal";
+const SNAPSHOT: &str = "snapshot";
+const SNAPSHOT_TMP: &str = "snapshot.tmp";
+
+/// When to compact, and what to do with a corrupt journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    pub compact_after_records: u64,
+    pub compact_after_bytes: u64,
+    /// Drop a damaged journal from the first bad record on, even if valid
+    /// records follow (acknowledged batches are then lost; the count of
+    /// bytes dropped is in the report). Off by default: loading fails.
+    pub truncate_corrupt: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            compact_after_records: 10_000,
+            compact_after_bytes: 64 << 20,
+            truncate_corrupt: false,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{path} is corrupt at byte {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("the journal is unusable after a failed write ({0}); restart to reload from disk")]
+    Poisoned(String),
+    #[error("batch too large for one journal record: {0} bytes (limit {MAX_RECORD_BYTES})")]
+    TooLarge(usize),
+}
+
+/// Why [`Store::commit`] refused a batch. Either way the state is unchanged.
+#[derive(Debug, Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Rejected(#[from] BatchError),
+    #[error("the batch was not stored: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What loading found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct LoadReport {
+    /// Sequence number of the snapshot loaded (0: none).
+    pub snapshot_seq: u64,
+    /// Journal records applied on top of it.
+    pub replayed_records: u64,
+    /// Journal records the snapshot already held.
+    pub skipped_records: u64,
+    /// Bytes cut off the end of the journal (a torn last write, or with
+    /// `truncate_corrupt`, damage).
+    pub truncated_bytes: u64,
+    /// Sequence number of the loaded state.
+    pub seq: u64,
+}
+
+/// The store's counters, for `stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    pub journal_bytes: u64,
+    pub journal_records: u64,
+    pub snapshot_seq: u64,
+    pub snapshot_bytes: u64,
+    pub compactions: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_compaction_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poisoned: Option<String>,
+}
+
+/// The journal and snapshot of one policy.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    journal: File,
+    journal_bytes: u64,
+    journal_records: u64,
+    snapshot_seq: u64,
+    snapshot_bytes: u64,
+    compactions: u64,
+    /// After a failed compaction: the record count at which to retry.
+    retry_compaction_at: Option<u64>,
+    last_compaction_error: Option<String>,
+    poisoned: Option<String>,
+    opts: StoreOptions,
+}
+
+fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One record: `value` as JSON behind its header, encoded in place (no copy
+/// of a multi-megabyte payload).
+fn record<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut buf = vec![0u8; HEADER];
+    serde_json::to_writer(&mut buf, value).expect("policy rows always serialize");
+    let len = buf.len() - HEADER;
+    if len > MAX_RECORD_BYTES {
+        return Err(StoreError::TooLarge(len));
+    }
+    let crc = crc32fast::hash(&buf[HEADER..]);
+    buf[..4].copy_from_slice(&MAGIC);
+    buf[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    buf[8..12].copy_from_slice(&crc.to_le_bytes());
+    let hcrc = crc32fast::hash(&buf[..12]);
+    buf[12..16].copy_from_slice(&hcrc.to_le_bytes());
+    Ok(buf)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// The record starting at `data[0]`: its payload and total length, or
+/// why it is not a complete, intact record.
+fn read_record(data: &[u8]) -> Result<(&[u8], usize), &'static str> {
+    if data.len() < HEADER {
+        return Err("incomplete record header");
+    }
+    if data[..4] != MAGIC {
+        return Err("bad record magic");
+    }
+    if crc32fast::hash(&data[..12]) != u32_at(data, 12) {
+        return Err("record header checksum mismatch");
+    }
+    let len = u32_at(data, 4) as usize;
+    if len > MAX_RECORD_BYTES {
+        return Err("record length over the limit");
+    }
+    let Some(payload) = data.get(HEADER..HEADER + len) else {
+        return Err("incomplete record payload");
+    };
+    if crc32fast::hash(payload) != u32_at(data, 8) {
+        return Err("record payload checksum mismatch");
+    }
+    Ok((payload, HEADER + len))
+}
+
+/// Whether an intact record starts anywhere in `data`.
+fn any_record_in(data: &[u8]) -> bool {
+    (0..data.len().saturating_sub(HEADER - 1))
+        .any(|i| data[i..].starts_with(&MAGIC) && read_record(&data[i..]).is_ok())
+}
+
+#[derive(Serialize)]
+struct JournalOut<'a> {
+    seq: u64,
+    changes: &'a [Change],
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalIn<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    changes: Vec<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    format: u32,
+    seq: u64,
+    generations: [u64; 6],
+    default: &'a Decision,
+    tiers: Vec<&'a Tier>,
+    logins: Vec<&'a LoginBinding>,
+    coupons: Vec<&'a CouponBinding>,
+    sps: Vec<&'a SpAllocation>,
+    eligibility: Vec<&'a EligibilityRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotIn {
+    format: u32,
+    seq: u64,
+    generations: [u64; 6],
+    default: Decision,
+    tiers: Vec<Tier>,
+    logins: Vec<LoginBinding>,
+    coupons: Vec<CouponBinding>,
+    sps: Vec<SpAllocation>,
+    eligibility: Vec<EligibilityRule>,
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+fn read_all(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match File::open(path) {
+        Ok(mut f) => {
+            let mut v = Vec::new();
+            f.read_to_end(&mut v).map_err(io_err("read", path))?;
+            Ok(Some(v))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("open", path)(e)),
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `dir` and load the policy it holds.
+    pub fn open(
+        dir: &Path,
+        opts: StoreOptions,
+    ) -> Result<(Store, PolicyState, LoadReport), StoreError> {
+        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let tmp = dir.join(SNAPSHOT_TMP);
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &tmp)(e)),
+        }
+        let mut report = LoadReport::default();
+
+        let snap_path = dir.join(SNAPSHOT);
+        let (mut state, snapshot_bytes) = match read_all(&snap_path)? {
+            None => (PolicyState::new(), 0),
+            Some(data) => {
+                let corrupt = |reason: String| StoreError::Corrupt {
+                    path: snap_path.clone(),
+                    offset: 0,
+                    reason,
+                };
+                let (payload, len) = read_record(&data).map_err(|r| corrupt(r.to_string()))?;
+                if len != data.len() {
+                    return Err(corrupt(format!(
+                        "{} bytes after the record",
+                        data.len() - len
+                    )));
+                }
+                let s: SnapshotIn = serde_json::from_slice(payload)
+                    .map_err(|e| corrupt(format!("undecodable snapshot: {e}")))?;
+                if s.format != SNAPSHOT_FORMAT {
+                    return Err(corrupt(format!("unknown snapshot format {}", s.format)));
+                }
+                let entries = (s.tiers.into_iter().map(Entry::Tier))
+                    .chain(s.logins.into_iter().map(Entry::Login))
+                    .chain(s.coupons.into_iter().map(Entry::Coupon))
+                    .chain(s.sps.into_iter().map(Entry::Sp))
+                    .chain(s.eligibility.into_iter().map(Entry::Eligibility))
+                    .collect();
+                let state = PolicyState::from_parts(s.default, entries, s.seq, s.generations)
+                    .map_err(|e| corrupt(format!("inconsistent snapshot: {e}")))?;
+                report.snapshot_seq = s.seq;
+                (state, data.len() as u64)
+            }
+        };
+
+        let jpath = dir.join(JOURNAL);
+        let existed = jpath.exists();
+        let journal = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&jpath)
+            .map_err(io_err("open", &jpath))?;
+        if !existed {
+            sync_dir(dir)?;
+        }
+        let data = read_all(&jpath)?.unwrap_or_default();
+        let mut off = 0usize;
+        let mut records = 0u64;
+        while off < data.len() {
+            let (payload, len) = match read_record(&data[off..]) {
+                Ok(r) => r,
+                Err(why) => {
+                    if any_record_in(&data[off + 1..]) && !opts.truncate_corrupt {
+                        return Err(StoreError::Corrupt {
+                            path: jpath,
+                            offset: off as u64,
+                            reason: format!(
+                                "{why}, and intact records follow (set truncate_corrupt to drop them)"
+                            ),
+                        });
+                    }
+                    break;
+                }
+            };
+            let corrupt = |reason: String| StoreError::Corrupt {
+                path: jpath.clone(),
+                offset: off as u64,
+                reason,
+            };
+            let rec: JournalIn<'_> = serde_json::from_slice(payload)
+                .map_err(|e| corrupt(format!("undecodable journal record: {e}")))?;
+            let n = rec.changes.len() as u64;
+            if rec.seq + n <= state.seq() {
+                report.skipped_records += 1;
+            } else if rec.seq == state.seq() {
+                let changes = rec
+                    .changes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        parse_change(c.get())
+                            .map_err(|(f, r)| corrupt(format!("change {i}: `{f}`: {r}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                state
+                    .apply(&changes)
+                    .map_err(|e| corrupt(format!("record does not apply: {e}")))?;
+                report.replayed_records += 1;
+            } else {
+                return Err(corrupt(format!(
+                    "record covers sequence numbers {}..{} but the state is at {}",
+                    rec.seq,
+                    rec.seq + n,
+                    state.seq()
+                )));
+            }
+            records += 1;
+            off += len;
+        }
+        if off < data.len() {
+            report.truncated_bytes = (data.len() - off) as u64;
+            journal
+                .set_len(off as u64)
+                .and_then(|()| journal.sync_all())
+                .map_err(io_err("truncate the torn tail of", &jpath))?;
+        }
+        report.seq = state.seq();
+        let store = Store {
+            dir: dir.to_path_buf(),
+            journal,
+            journal_bytes: off as u64,
+            journal_records: records,
+            snapshot_seq: report.snapshot_seq,
+            snapshot_bytes,
+            compactions: 0,
+            retry_compaction_at: None,
+            last_compaction_error: None,
+            poisoned: None,
+            opts,
+        };
+        Ok((store, state, report))
+    }
+
+    /// Validate `batch` against `state`, make it durable, then apply it.
+    /// On any error the state is unchanged and nothing was acknowledged.
+    pub fn commit(
+        &mut self,
+        state: &mut PolicyState,
+        batch: &[Change],
+    ) -> Result<Applied, CommitError> {
+        if let Some(p) = &self.poisoned {
+            return Err(StoreError::Poisoned(p.clone()).into());
+        }
+        let seq = state.seq();
+        let staged = state.stage(batch)?;
+        if !batch.is_empty() {
+            self.append(seq, batch)?; // on error `staged` drops: rolled back
+        }
+        let applied = staged.commit();
+        if self.compaction_due() {
+            if let Err(e) = self.compact(state) {
+                self.last_compaction_error = Some(e.to_string());
+                self.retry_compaction_at =
+                    Some(self.journal_records + self.opts.compact_after_records);
+            }
+        }
+        Ok(applied)
+    }
+
+    fn append(&mut self, seq: u64, batch: &[Change]) -> Result<(), StoreError> {
+        let rec = record(&JournalOut {
+            seq,
+            changes: batch,
+        })?;
+        let path = self.dir.join(JOURNAL);
+        if let Err(e) = self.journal.write_all(&rec) {
+            // Cut off whatever part was written, so the next record does
+            // not follow garbage.
+            if let Err(t) = self.journal.set_len(self.journal_bytes) {
+                self.poisoned = Some(format!("write failed ({e}), then truncate failed ({t})"));
+            }
+            return Err(io_err("append to", &path)(e));
+        }
+        if let Err(e) = self.journal.sync_data() {
+            self.poisoned = Some(format!("fsync failed: {e}"));
+            let _ = self.journal.set_len(self.journal_bytes);
+            return Err(io_err("fsync", &path)(e));
+        }
+        self.journal_bytes += rec.len() as u64;
+        self.journal_records += 1;
+        Ok(())
+    }
+
+    fn compaction_due(&self) -> bool {
+        if let Some(at) = self.retry_compaction_at {
+            return self.journal_records >= at;
+        }
+        self.journal_records >= self.opts.compact_after_records
+            || self.journal_bytes > self.opts.compact_after_bytes.max(self.snapshot_bytes)
+    }
+
+    /// Write a snapshot of `state` (which must be the state this store has
+    /// journaled) and empty the journal.
+    pub fn compact(&mut self, state: &PolicyState) -> Result<(), StoreError> {
+        if let Some(p) = &self.poisoned {
+            return Err(StoreError::Poisoned(p.clone()));
+        }
+        let rec = record(&SnapshotOut {
+            format: SNAPSHOT_FORMAT,
+            seq: state.seq(),
+            generations: state.generations(),
+            default: state.default_decision(),
+            tiers: state.tiers().collect(),
+            logins: state.logins().collect(),
+            coupons: state.coupons().collect(),
+            sps: state.sp_allocations().collect(),
+            eligibility: state.eligibility_rules().collect(),
+        })?;
+        let tmp = self.dir.join(SNAPSHOT_TMP);
+        let snap = self.dir.join(SNAPSHOT);
+        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(&rec)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err("write", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, &snap).map_err(io_err("rename", &tmp))?;
+        sync_dir(&self.dir)?;
+        self.snapshot_seq = state.seq();
+        self.snapshot_bytes = rec.len() as u64;
+        self.compactions += 1;
+        self.retry_compaction_at = None;
+        self.last_compaction_error = None;
+        // The snapshot holds everything now; a crash before this point
+        // leaves journal records that loading skips by sequence number.
+        let jpath = self.dir.join(JOURNAL);
+        if let Err(e) = self
+            .journal
+            .set_len(0)
+            .and_then(|()| self.journal.sync_all())
+        {
+            self.poisoned = Some(format!("emptying the journal failed: {e}"));
+            return Err(io_err("truncate", &jpath)(e));
+        }
+        self.journal_bytes = 0;
+        self.journal_records = 0;
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            journal_bytes: self.journal_bytes,
+            journal_records: self.journal_records,
+            snapshot_seq: self.snapshot_seq,
+            snapshot_bytes: self.snapshot_bytes,
+            compactions: self.compactions,
+            last_compaction_error: self.last_compaction_error.clone(),
+            poisoned: self.poisoned.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::policy::model::{Key, Table};
+
+    fn coupon(i: usize) -> Change {
+        Change::Add(
+            Entry::from_json(
+                Table::Coupon,
+                &format!(
+                    r#"{{"id":"c{i}","subscriber":"10.{}.{}.{}","dst":"203.0.113.0/24","port":443,"decision":{{"level":"voice","dscp":"level","rate":{{"committed_bps":1000000,"peak_bps":2000000}}}},"expires":1767225600}}"#,
+                    (i >> 16) & 255,
+                    (i >> 8) & 255,
+                    i & 255
+                ),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn tier(name: &str, level: u8) -> Change {
+        Change::Add(
+            Entry::from_json(
+                Table::Tier,
+                &format!(r#"{{"name":"{name}","decision":{{"level":{level}}}}}"#),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn login(i: usize, tier: &str) -> Change {
+        Change::Add(
+            Entry::from_json(
+                Table::Login,
+                &format!(r#"{{"subscriber":"2001:db8::{i:x}","login":"user{i}","tier":"{tier}"}}"#),
+            )
+            .unwrap(),
+        )
+    }
+
+    /// A few batches of every kind of change; returns the state after each.
+    fn batches() -> Vec<Vec<Change>> {
+        vec![
+            vec![tier("gold", 3), tier("silver", 4)],
+            (0..5).map(coupon).chain([login(1, "gold")]).collect(),
+            vec![
+                Change::Remove(Key::Coupon("c2".into())),
+                login(2, "silver"),
+                Change::Update(
+                    Entry::from_json(Table::Default, r#"{"level":"bulk","dscp":"level"}"#).unwrap(),
+                ),
+            ],
+            vec![
+                Change::Add(
+                    Entry::from_json(
+                        Table::Sp,
+                        r#"{"id":"sp","provider":"acme","prefix":"198.51.100.0/24","decision":{"level":2}}"#,
+                    )
+                    .unwrap(),
+                ),
+                Change::Add(Entry::from_json(Table::Eligibility, r#"{"dst":"0.0.0.0/0"}"#).unwrap()),
+            ],
+        ]
+    }
+
+    fn open(dir: &Path) -> (Store, PolicyState, LoadReport) {
+        Store::open(dir, StoreOptions::default()).unwrap()
+    }
+
+    /// Commits `batches()`, returning the expected state after each and the
+    /// journal length after each.
+    fn write_all(dir: &Path) -> (Vec<PolicyState>, Vec<u64>) {
+        let (mut store, mut state, _) = open(dir);
+        let mut states = vec![state.clone()];
+        let mut lens = vec![0];
+        for b in batches() {
+            store.commit(&mut state, &b).unwrap();
+            states.push(state.clone());
+            lens.push(store.stats().journal_bytes);
+        }
+        (states, lens)
+    }
+
+    #[test]
+    fn acknowledged_batches_survive_without_a_clean_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let (states, _) = write_all(dir.path());
+        // `write_all` dropped the store without any close: only what
+        // commit() fsynced is there.
+        let (_, loaded, report) = open(dir.path());
+        assert_eq!(&loaded, states.last().unwrap());
+        assert_eq!(report.replayed_records, 4);
+        assert_eq!(report.truncated_bytes, 0);
+        assert_eq!(report.seq, loaded.seq());
+    }
+
+    #[test]
+    fn a_refused_batch_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut state, _) = open(dir.path());
+        store.commit(&mut state, &[tier("gold", 1)]).unwrap();
+        let before = (state.clone(), store.stats());
+        let e = store
+            .commit(&mut state, &[tier("silver", 1), tier("gold", 2)])
+            .unwrap_err();
+        assert!(
+            matches!(e, CommitError::Rejected(ref b) if b.index == 1),
+            "{e}"
+        );
+        assert_eq!((state.clone(), store.stats()), before);
+        drop(store);
+        assert_eq!(open(dir.path()).1, state);
+    }
+
+    fn journal(dir: &Path) -> PathBuf {
+        dir.join(JOURNAL)
+    }
+
+    #[test]
+    fn a_torn_or_damaged_last_record_loads_exactly_the_batches_before_it() {
+        let src = tempfile::tempdir().unwrap();
+        let (states, lens) = write_all(src.path());
+        let full = fs::read(journal(src.path())).unwrap();
+        let n = states.len() - 1;
+        let (start, end) = (lens[n - 1] as usize, lens[n] as usize);
+        assert_eq!(end, full.len());
+        for k in start..end {
+            // Torn: the file ends inside the last record.
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(journal(dir.path()), &full[..k]).unwrap();
+            let (mut store, mut state, report) = open(dir.path());
+            assert_eq!(state, states[n - 1], "cut at {k}");
+            assert_eq!(report.truncated_bytes as usize, k - start);
+            assert_eq!(
+                fs::metadata(journal(dir.path())).unwrap().len() as usize,
+                start
+            );
+            if k == start + 1 {
+                // The journal goes on cleanly after the cut.
+                store.commit(&mut state, &batches()[n - 1]).unwrap();
+                drop(store);
+                assert_eq!(open(dir.path()).1, states[n]);
+            }
+
+            // Damaged: one byte of the last record flipped.
+            let dir = tempfile::tempdir().unwrap();
+            let mut bad = full.clone();
+            bad[k] ^= 0x5a;
+            fs::write(journal(dir.path()), &bad).unwrap();
+            let (_, state, report) = open(dir.path());
+            assert_eq!(state, states[n - 1], "flip at {k}");
+            assert_eq!(report.truncated_bytes as usize, end - start);
+        }
+        // Garbage (zeros, as a crash can leave) after the last record.
+        let dir = tempfile::tempdir().unwrap();
+        let mut tail = full.clone();
+        tail.extend_from_slice(&[0; 100]);
+        fs::write(journal(dir.path()), &tail).unwrap();
+        assert_eq!(open(dir.path()).1, states[n]);
+    }
+
+    #[test]
+    fn damage_before_intact_records_is_refused_not_dropped() {
+        let src = tempfile::tempdir().unwrap();
+        let (states, lens) = write_all(src.path());
+        let mut bad = fs::read(journal(src.path())).unwrap();
+        bad[lens[1] as usize + 20] ^= 1; // payload of the 2nd record
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(journal(dir.path()), &bad).unwrap();
+        match Store::open(dir.path(), StoreOptions::default()) {
+            Err(StoreError::Corrupt { offset, reason, .. }) => {
+                assert_eq!(offset, lens[1]);
+                assert!(reason.contains("intact records follow"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let opts = StoreOptions {
+            truncate_corrupt: true,
+            ..StoreOptions::default()
+        };
+        let (_, state, report) = Store::open(dir.path(), opts).unwrap();
+        assert_eq!(state, states[1]);
+        assert_eq!(report.truncated_bytes, bad.len() as u64 - lens[1]);
+    }
+
+    #[test]
+    fn compaction_round_trips_through_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            compact_after_records: 3,
+            ..StoreOptions::default()
+        };
+        let (mut store, mut state, _) = Store::open(dir.path(), opts).unwrap();
+        let mut n = 0;
+        for round in 0..3 {
+            for b in batches() {
+                let b: Vec<Change> = b
+                    .into_iter()
+                    .filter(|c| round == 0 || !matches!(c, Change::Add(Entry::Tier(_))))
+                    .collect();
+                if store.commit(&mut state, &b).is_ok() {
+                    n += 1;
+                }
+            }
+            store.commit(&mut state, &[coupon(100 + round)]).unwrap();
+        }
+        let st = store.stats();
+        assert!(st.compactions >= 2, "{st:?}");
+        assert!(st.journal_records < 3, "{st:?}");
+        assert_eq!(st.snapshot_seq, {
+            let (_, s, r) = Store::open(dir.path(), opts).unwrap();
+            assert_eq!(s, state);
+            assert_eq!(r.replayed_records, st.journal_records);
+            r.snapshot_seq
+        });
+        assert!(n > 4);
+        // An explicit compaction leaves an empty journal and the same state.
+        store.compact(&state).unwrap();
+        drop(store);
+        let (store, s, r) = Store::open(dir.path(), opts).unwrap();
+        assert_eq!((s, r.replayed_records), (state, 0));
+        assert_eq!(store.stats().journal_bytes, 0);
+        assert!(!dir.path().join(SNAPSHOT_TMP).exists());
+    }
+
+    #[test]
+    fn a_crash_between_snapshot_and_journal_truncation_skips_what_the_snapshot_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (states, _) = write_all(dir.path());
+        let old_journal = fs::read(journal(dir.path())).unwrap();
+        let (mut store, state, _) = open(dir.path());
+        store.compact(&state).unwrap();
+        drop(store);
+        fs::write(journal(dir.path()), &old_journal).unwrap();
+        let (mut store, mut state, r) = open(dir.path());
+        assert_eq!(&state, states.last().unwrap());
+        assert_eq!((r.skipped_records, r.replayed_records), (4, 0));
+        // New batches after the stale records still replay.
+        store.commit(&mut state, &[coupon(77)]).unwrap();
+        drop(store);
+        let (_, s, r) = open(dir.path());
+        assert_eq!((s, r.replayed_records), (state, 1));
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_all(dir.path());
+        let (mut store, state, _) = open(dir.path());
+        store.compact(&state).unwrap();
+        drop(store);
+        let p = dir.path().join(SNAPSHOT);
+        let mut snap = fs::read(&p).unwrap();
+        let mid = snap.len() / 2;
+        snap[mid] ^= 1;
+        fs::write(&p, &snap).unwrap();
+        assert!(matches!(
+            Store::open(dir.path(), StoreOptions::default()),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn ten_thousand_bindings_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut state, _) = open(dir.path());
+        let batch: Vec<Change> = std::iter::once(tier("gold", 3))
+            .chain((0..10_000).map(coupon))
+            .chain((0..10_000).map(|i| login(i, "gold")))
+            .collect();
+        let a = store.commit(&mut state, &batch).unwrap();
+        assert_eq!(a.changes, 20_001);
+        drop(store);
+        let (mut store, loaded, _) = open(dir.path());
+        assert_eq!(loaded, state);
+        assert_eq!(loaded.len(Table::Coupon), 10_000);
+        store.compact(&loaded).unwrap();
+        drop(store);
+        assert_eq!(open(dir.path()).1, state);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the journal holds, loading returns a state or an error,
+        /// never a panic; garbage after intact records is cut off.
+        #[test]
+        fn arbitrary_journal_bytes_never_panic(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            magic_at in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let src = tempfile::tempdir().unwrap();
+            let (states, _) = write_all(src.path());
+            let mut bytes = fs::read(journal(src.path())).unwrap();
+            let mut garbage = garbage;
+            if garbage.len() >= 4 {
+                let i = magic_at.index(garbage.len() - 3);
+                garbage[i..i + 4].copy_from_slice(&MAGIC);
+            }
+            bytes.extend_from_slice(&garbage);
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(journal(dir.path()), &bytes).unwrap();
+            // Garbage after the last intact record is a torn tail.
+            let (_, state, report) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            proptest::prop_assert_eq!(&state, states.last().unwrap());
+            proptest::prop_assert_eq!(report.truncated_bytes as usize, garbage.len());
+            fs::write(journal(dir.path()), &garbage).unwrap();
+            let _ = Store::open(dir.path(), StoreOptions::default());
+        }
+    }
+
+    const CRASH_CHILD_DIR: &str = "SLUICE_STORE_CRASH_CHILD_DIR";
+    const CRASH_BATCH: usize = 50;
+
+    fn crash_batch(i: usize) -> Vec<Change> {
+        (i * CRASH_BATCH..(i + 1) * CRASH_BATCH)
+            .map(coupon)
+            .collect()
+    }
+
+    fn crash_opts() -> StoreOptions {
+        StoreOptions {
+            compact_after_records: 7,
+            ..StoreOptions::default()
+        }
+    }
+
+    /// The child of `acknowledged_batches_survive_kill_9`: commits batches
+    /// forever, printing each acknowledgement. Does nothing on its own.
+    #[test]
+    #[ignore = "helper process for acknowledged_batches_survive_kill_9"]
+    fn crash_child() {
+        let Ok(dir) = std::env::var(CRASH_CHILD_DIR) else {
+            return;
+        };
+        let (mut store, mut state, report) = Store::open(Path::new(&dir), crash_opts()).unwrap();
+        let start = state.len(Table::Coupon) / CRASH_BATCH;
+        assert_eq!(report.seq as usize, start * CRASH_BATCH);
+        let mut out = io::stdout();
+        for i in start.. {
+            store.commit(&mut state, &crash_batch(i)).unwrap();
+            writeln!(out, "acked {i}").unwrap();
+            out.flush().unwrap();
+        }
+    }
+
+    /// A real `kill -9` (SIGKILL) of a process in the middle of committing:
+    /// every acknowledged batch is loaded, no batch is loaded half, and the
+    /// store carries on from there, twice over (with compactions between).
+    #[test]
+    fn acknowledged_batches_survive_kill_9() {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let mut acked_total = 0;
+        for round in 0..2 {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "policy::store::tests::crash_child",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CRASH_CHILD_DIR, dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut last = None;
+            let lines = io::BufReader::new(child.stdout.take().unwrap()).lines();
+            for line in lines {
+                if let Some(n) = line.unwrap().strip_prefix("acked ") {
+                    let n: usize = n.parse().unwrap();
+                    last = Some(n);
+                    if n >= acked_total + 20 + round * 7 {
+                        break;
+                    }
+                }
+            }
+            child.kill().unwrap(); // SIGKILL, mid-commit as likely as not
+            child.wait().unwrap();
+            let acked = last.expect("the child acknowledged batches") + 1;
+            let (_, state, report) = Store::open(dir.path(), crash_opts()).unwrap();
+            let rows = state.len(Table::Coupon);
+            assert_eq!(
+                rows % CRASH_BATCH,
+                0,
+                "a batch was loaded half: {rows} rows"
+            );
+            let batches = rows / CRASH_BATCH;
+            assert!(
+                batches >= acked,
+                "{acked} acknowledged, {batches} loaded ({report:?})"
+            );
+            let mut expect = PolicyState::new();
+            for i in 0..batches {
+                expect.apply(&crash_batch(i)).unwrap();
+            }
+            assert_eq!(state, expect);
+            acked_total = batches;
+        }
+    }
+
+    /// `cargo test -p sluice-control --release -- --ignored --nocapture
+    /// journal_throughput`: apply + journal append + fsync of 10k-entry
+    /// batches, the figure quoted for group commit. Each phase is timed per
+    /// batch and the median reported, so other load on the machine skews it
+    /// less. `STORE_BENCH_DIR` picks the file system (default: the temp dir).
+    #[test]
+    #[ignore = "benchmark; run in release with --nocapture"]
+    fn journal_throughput() {
+        use std::time::Duration;
+        const BATCH: usize = 10_000;
+        const BATCHES: usize = 50;
+        let base = std::env::var("STORE_BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| std::env::temp_dir());
+        let dir = tempfile::tempdir_in(base).unwrap();
+        let never = StoreOptions {
+            compact_after_records: u64::MAX,
+            compact_after_bytes: u64::MAX,
+            ..StoreOptions::default()
+        };
+        let (mut store, mut state, _) = Store::open(dir.path(), never).unwrap();
+        let adds: Vec<Vec<Change>> = (0..BATCHES)
+            .map(|b| (b * BATCH..(b + 1) * BATCH).map(coupon).collect())
+            .collect();
+        // Steady state: re-rate existing bindings (same match, new decision).
+        let updates: Vec<Vec<Change>> = adds
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|c| {
+                        let Change::Add(Entry::Coupon(c)) = c else {
+                            unreachable!()
+                        };
+                        let mut j = serde_json::to_value(c).unwrap();
+                        j["decision"]["level"] = "premium".into();
+                        Change::Update(Entry::from_json(Table::Coupon, &j.to_string()).unwrap())
+                    })
+                    .collect()
+            })
+            .collect();
+        fn median(mut v: Vec<Duration>) -> f64 {
+            v.sort();
+            v[v.len() / 2].as_secs_f64() * 1000.0
+        }
+        fn each<T>(items: &[T], mut f: impl FnMut(&T)) -> f64 {
+            median(
+                items
+                    .iter()
+                    .map(|x| {
+                        let t = Instant::now();
+                        f(x);
+                        t.elapsed()
+                    })
+                    .collect(),
+            )
+        }
+        let mut apply_only = PolicyState::new();
+        let add_apply = each(&adds, |b| {
+            apply_only.apply(b).unwrap();
+        });
+        let upd_apply = each(&updates, |b| {
+            apply_only.apply(b).unwrap();
+        });
+        let encode = each(&updates, |b| {
+            let _ = record(&JournalOut { seq: 0, changes: b }).unwrap();
+        });
+        let lines: Vec<String> = updates
+            .iter()
+            .map(|b| {
+                let entries: Vec<&Entry> = b
+                    .iter()
+                    .map(|c| match c {
+                        Change::Update(e) => e,
+                        _ => unreachable!(),
+                    })
+                    .collect();
+                format!(
+                    r#"{{"op":"update","table":"coupon","entries":{}}}"#,
+                    serde_json::to_string(&entries).unwrap()
+                )
+            })
+            .collect();
+        let parse = each(&lines, |l| {
+            crate::policy::protocol::parse_request(l).unwrap();
+        });
+        let rec_len = record(&JournalOut {
+            seq: 0,
+            changes: &updates[0],
+        })
+        .unwrap()
+        .len();
+        let mut raw = File::create(dir.path().join("raw")).unwrap();
+        let buf = vec![b'x'; rec_len];
+        let fsync = each(&adds, |_| {
+            raw.write_all(&buf).unwrap();
+            raw.sync_data().unwrap();
+        });
+        let add_commit = each(&adds, |b| {
+            store.commit(&mut state, b).unwrap();
+        });
+        let upd_commit = each(&updates, |b| {
+            store.commit(&mut state, b).unwrap();
+        });
+        let rate = |ms: f64| BATCH as f64 / ms * 1000.0;
+        println!("{BATCHES} batches of {BATCH} coupon bindings, {rec_len} journal bytes per batch; median per batch:");
+        println!("  adds (state grows to {} rows): apply {add_apply:.2} ms, commit (apply + encode + write + fsync) {add_commit:.2} ms = {:.0} changes/s", BATCH * BATCHES, rate(add_commit));
+        println!("  updates (re-rate existing rows): apply {upd_apply:.2} ms, commit {upd_commit:.2} ms = {:.0} changes/s", rate(upd_commit));
+        println!(
+            "  parts: JSON encode {encode:.2} ms, write + fsync of {rec_len} bytes {fsync:.2} ms"
+        );
+        println!(
+            "  before that, parse_request of the {}-byte request line: {parse:.2} ms",
+            lines[0].len()
+        );
+        let t = Instant::now();
+        store.compact(&state).unwrap();
+        println!(
+            "  snapshot of {} rows: {:.0} ms, {} bytes",
+            state.len(Table::Coupon),
+            t.elapsed().as_secs_f64() * 1000.0,
+            store.stats().snapshot_bytes
+        );
+        drop(store);
+        let t = Instant::now();
+        let (_, loaded, _) = Store::open(dir.path(), never).unwrap();
+        println!("  load: {:.0} ms", t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(loaded, state);
+    }
+}
