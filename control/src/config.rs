@@ -3,7 +3,7 @@
 //! The embedded default is `config/sluice.toml` (the documented example); a
 //! test loads it. Unknown keys anywhere are an error that names the key.
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::net::IpAddr;
 
@@ -67,6 +67,38 @@ pub struct Config {
     /// its reverse rewrite.
     #[serde(default)]
     pub flows: FlowsConfig,
+    /// The control socket and the durable policy store.
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// Where the control socket listens and where accepted policy is kept.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Unix-domain socket for `sluicectl` (created mode 0600).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Directory of the policy journal and snapshots (created if missing).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+fn default_socket() -> PathBuf {
+    "/run/sluice/control.sock".into()
+}
+
+fn default_state_dir() -> PathBuf {
+    "/var/lib/sluice".into()
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: default_socket(),
+            state_dir: default_state_dir(),
+        }
+    }
 }
 
 /// A static rule: what it matches (every omitted field matches anything)
@@ -553,6 +585,22 @@ impl Config {
                     return Err(invalid("rules.src", a, "the same address family as dst"));
                 }
             }
+        }
+        // sockaddr_un.sun_path holds 108 bytes including the NUL.
+        let sock = self.control.socket.as_os_str().len();
+        if sock == 0 || sock > 107 {
+            return Err(invalid(
+                "control.socket",
+                &self.control.socket,
+                "a path of 1..=107 bytes (the Unix socket address limit)",
+            ));
+        }
+        if self.control.state_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "control.state_dir",
+                &self.control.state_dir,
+                "a directory path",
+            ));
         }
         let f = &self.flows;
         if !(1024..=1 << 24).contains(&f.capacity) {

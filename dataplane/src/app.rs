@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_control::config::Config;
+use sluice_control::policy::store::{StoreError, StoreOptions};
+use sluice_control::policy::Policy;
+use sluice_control::server::{ControlServer, ServerError};
 use thiserror::Error;
 
 use crate::classify::StaticRules;
@@ -34,6 +37,10 @@ pub enum AppError {
     Lcores { wanted: Vec<u32>, found: Vec<u32> },
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("policy store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Control(#[from] ServerError),
     #[error("flow table: {0}")]
     Flows(#[from] FlowTableError),
     #[error("worker on lcore {lcore} failed with code {code}")]
@@ -61,6 +68,17 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(AppError::Signal)?;
     }
+
+    // The durable policy is loaded and the control socket bound before any
+    // DPDK resource exists, so a bad store or a second instance fails fast.
+    let (mut policy, loaded) = Policy::open(&cfg.control.state_dir, StoreOptions::default())?;
+    log::info!(
+        "policy loaded from {}: seq {} ({:?})",
+        cfg.control.state_dir.display(),
+        policy.state().seq(),
+        loaded
+    );
+    let mut server = ControlServer::bind(&cfg.control.socket)?;
 
     let args = cfg.eal_args("sluice", std::process::id(), &opts.extra_eal);
     log::info!("EAL arguments: {}", args.join(" "));
@@ -161,6 +179,13 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
         }
         counters.push((lcore, c));
     }
+    let control = {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("sluice-control".into())
+            .spawn(move || server.run(&mut policy, &stop, |_| {}))
+            .expect("spawn the control thread")
+    };
     if launch_error.is_none() {
         println!(
             "sluice: forwarding {} <-> {} on {} worker(s) (lcores {:?}); Ctrl-C stops",
@@ -182,6 +207,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
 
     // Shutdown: workers first, then ports, then the pool check.
     stop.store(true, Ordering::SeqCst);
+    if control.join().is_err() {
+        log::error!("the control thread panicked");
+    }
     let mut worker_error = None;
     for (lcore, _) in &counters {
         let code = dpdk::wait(*lcore);

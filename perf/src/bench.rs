@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::machine::{clock_ticks, CpuAccount, Machine};
+use crate::machine::{clock_ticks, CpuAccount, Machine, OtherLoad};
 use crate::process::{self, CommandSpec, Line, Verdict};
 use crate::qos_sched;
 use crate::report::{fmt_opt, ScenarioReport, Table};
@@ -78,6 +78,8 @@ pub struct Bench<'a> {
     pub opts: &'a Options,
     pub machine: &'a Machine,
     pub commands: Vec<String>,
+    /// Configs written for the tools, for the record (title, text).
+    pub inputs: Vec<(String, String)>,
     runs: u32,
     checked_configs: Vec<PathBuf>,
 }
@@ -95,6 +97,7 @@ impl<'a> Bench<'a> {
             opts,
             machine,
             commands: Vec::new(),
+            inputs: Vec::new(),
             runs: 0,
             checked_configs: Vec::new(),
         }
@@ -143,8 +146,10 @@ impl<'a> Bench<'a> {
         };
         let cfg = self.opts.work_dir.join(format!("sluice-{size}.toml"));
         if !self.checked_configs.contains(&cfg) {
-            std::fs::write(&cfg, sluice::config_toml(&setup))
-                .with_context(|| format!("writing {}", cfg.display()))?;
+            let text = sluice::config_toml(&setup);
+            std::fs::write(&cfg, &text).with_context(|| format!("writing {}", cfg.display()))?;
+            self.inputs
+                .push((format!("Sluice config {}", cfg.display()), text));
             let check = CommandSpec::new(self.opts.sluice_bin.to_string_lossy()).args([
                 "-c",
                 &cfg.to_string_lossy(),
@@ -313,32 +318,73 @@ impl LoadWatch {
             .start
             .zip(CpuAccount::now())
             .map(|(a, b)| a.other_load(&b, clock_ticks()));
-        let mut note = format!(
-            "Load average (1/5/15 min) before: {}; after: {} (a forwarding core adds ~1).",
-            self.loadavg,
-            loadavg()
-        );
-        if let Some(o) = other {
-            note.push_str(&format!(
-                " Other processes used {:.2} CPU on average over the scenario's {:.0} s \
-                 (hypervisor steal {:.2} CPU).",
-                o.other_cpus, o.steal_cpus, o.secs
-            ));
-            if o.other_cpus > BUSY_THRESHOLD_CPUS || o.steal_cpus > BUSY_THRESHOLD_CPUS {
-                note.push_str(
-                    " WARNING: the machine was busy with other work, which lands on the \
-                     forwarding core now and then; these figures are lower and noisier than \
-                     on a quiet machine.",
-                );
-                eprintln!(
-                    "warning: other work used {:.2} CPU (steal {:.2}) during this scenario; \
-                     figures are contaminated",
-                    o.other_cpus, o.steal_cpus
-                );
-            }
+        let (note, busy) = load_note(&self.loadavg, &loadavg(), other);
+        if let (true, Some(o)) = (busy, other) {
+            eprintln!(
+                "warning: other work used {:.2} CPU (steal {:.2}) during this scenario; \
+                 figures are contaminated",
+                o.other_cpus, o.steal_cpus
+            );
         }
         note
     }
+}
+
+/// Waits up to `max` for a 5 s stretch in which other processes use less
+/// than [`BUSY_THRESHOLD_CPUS`]. Returns whether it got one.
+pub fn wait_quiet(max: Duration) -> bool {
+    let until = std::time::Instant::now() + max;
+    let ticks = clock_ticks();
+    loop {
+        let Some(a) = CpuAccount::now() else {
+            return false;
+        };
+        std::thread::sleep(Duration::from_secs(5));
+        let Some(b) = CpuAccount::now() else {
+            return false;
+        };
+        let o = a.other_load(&b, ticks);
+        if o.other_cpus < BUSY_THRESHOLD_CPUS && o.steal_cpus < BUSY_THRESHOLD_CPUS {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            eprintln!(
+                "  machine still busy ({:.2} CPU of other work); going ahead",
+                o.other_cpus
+            );
+            return false;
+        }
+        eprintln!(
+            "  waiting for a quiet machine: other work uses {:.2} CPU",
+            o.other_cpus
+        );
+    }
+}
+
+/// The load note of a scenario, and whether the machine counts as busy.
+pub fn load_note(before: &str, after: &str, other: Option<OtherLoad>) -> (String, bool) {
+    let mut note = format!(
+        "Load average (1/5/15 min) before: {before}; after: {after} (a forwarding core adds ~1)."
+    );
+    let Some(o) = other else {
+        return (note, false);
+    };
+    note.push_str(&format!(
+        " Other processes used {other:.2} CPU on average over the scenario's {secs:.0} s \
+         (hypervisor steal {steal:.2} CPU).",
+        other = o.other_cpus,
+        secs = o.secs,
+        steal = o.steal_cpus
+    ));
+    let busy = o.other_cpus > BUSY_THRESHOLD_CPUS || o.steal_cpus > BUSY_THRESHOLD_CPUS;
+    if busy {
+        note.push_str(
+            " WARNING: the machine was busy with other work, which lands on the \
+             forwarding core now and then; these figures are lower and noisier than \
+             on a quiet machine.",
+        );
+    }
+    (note, busy)
 }
 
 fn method_note(opts: &Options) -> String {
@@ -425,6 +471,7 @@ pub fn forward(bench: &mut Bench) -> Result<ScenarioReport> {
         ],
         commands: std::mem::take(&mut bench.commands),
         files: vec![],
+        inputs: std::mem::take(&mut bench.inputs),
         data: json!(data),
     })
 }
@@ -563,6 +610,7 @@ pub fn sizes(bench: &mut Bench) -> Result<ScenarioReport> {
         ],
         commands: std::mem::take(&mut bench.commands),
         files: vec![opts.svg_link.clone()],
+        inputs: std::mem::take(&mut bench.inputs),
         data: json!(data),
     })
 }
@@ -576,6 +624,7 @@ fn qos_not_run(bench: &mut Bench, why: String) -> ScenarioReport {
         notes: vec![format!("not run: {why}")],
         commands: std::mem::take(&mut bench.commands),
         files: vec![],
+        inputs: vec![],
         data: json!({ "ran": false, "why": why }),
     }
 }
@@ -620,7 +669,21 @@ pub fn qos_sched(bench: &mut Bench) -> Result<ScenarioReport> {
         .with_context(|| format!("reading {}", stock_path.display()))?;
     let rate = qos_sched::subport_rate(&stock).unwrap_or(1_250_000_000);
     let open_path = dir.join("profile_open.cfg");
-    std::fs::write(&open_path, qos_sched::open_profile(&stock, rate))?;
+    let open = qos_sched::open_profile(&stock, rate);
+    std::fs::write(&open_path, &open)?;
+    let open_pipe_section: String = open
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("[pipe profile"))
+        .take_while(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    bench.inputs.push((
+        format!(
+            "\"open pipes\" profile: {}/profile.cfg with [pipe profile 0] replaced by",
+            opts.qos_sched_src.display()
+        ),
+        open_pipe_section,
+    ));
     let profiles = [("stock profile.cfg", stock_path), ("open pipes", open_path)];
 
     let devices = null_devices(64);
@@ -723,6 +786,7 @@ pub fn qos_sched(bench: &mut Bench) -> Result<ScenarioReport> {
         notes,
         commands: std::mem::take(&mut bench.commands),
         files: vec![],
+        inputs: std::mem::take(&mut bench.inputs),
         data: json!({ "ran": true, "rows": data }),
     })
 }
@@ -733,4 +797,39 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .map(Path::to_owned)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_note_names_each_figure_and_flags_a_busy_machine() {
+        let o = OtherLoad {
+            other_cpus: 0.77,
+            steal_cpus: 0.0,
+            secs: 266.0,
+        };
+        let (note, busy) = load_note("1.16 2.07 1.99", "4.09 2.89 2.30", Some(o));
+        assert!(busy);
+        assert!(
+            note.contains("Other processes used 0.77 CPU on average over the scenario's 266 s (hypervisor steal 0.00 CPU)."),
+            "{note}"
+        );
+        assert!(note.contains("WARNING"));
+        let quiet = OtherLoad {
+            other_cpus: 0.01,
+            ..o
+        };
+        let (note, busy) = load_note("a", "b", Some(quiet));
+        assert!(!busy && !note.contains("WARNING"), "{note}");
+        let (note, busy) = load_note("a", "b", None);
+        assert!(!busy && note.ends_with("adds ~1)."));
+    }
+
+    #[test]
+    fn tool_labels() {
+        assert_eq!(Tool::Sluice.label(), "sluice");
+        assert_eq!(Tool::Testpmd(FwdMode::Io).label(), "testpmd io");
+    }
 }

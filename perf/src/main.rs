@@ -71,6 +71,11 @@ struct Args {
     #[arg(long, value_name = "FILE", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
     results: PathBuf,
 
+    /// Before each scenario, wait up to SECS for other processes to leave
+    /// the machine alone (under 0.1 CPU for 5 s); 0 does not wait.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    wait_quiet: f64,
+
     /// Do not append to the results file.
     #[arg(long)]
     no_record: bool,
@@ -98,6 +103,35 @@ fn parse_peers(names: &[String]) -> Result<Vec<FwdMode>, String> {
             other => Err(format!("--size-peers {other}: expected macswap or io")),
         })
         .collect()
+}
+
+/// Where the sluice binary is and when it was built, with a warning when
+/// it is older than the checked-out commit (then the recorded git revision
+/// does not describe what was measured).
+fn binary_line(bin: &std::path::Path) -> String {
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
+    let head = sluice_perf::process::output_of(
+        "git",
+        &[
+            "-C",
+            &bench::repo_root().to_string_lossy(),
+            "log",
+            "-1",
+            "--format=%ct",
+        ],
+    )
+    .and_then(|s| s.parse::<u64>().ok())
+    .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    let mut line = format!("{}", bin.display());
+    if let Some(b) = built {
+        line.push_str(&format!(", built {}", report::utc_stamp(b)));
+        if head.is_some_and(|h| b < h) {
+            line.push_str(
+                " — OLDER than the HEAD commit: the git revision recorded here is not what ran",
+            );
+        }
+    }
+    line
 }
 
 enum Failure {
@@ -181,13 +215,22 @@ fn real_main(args: Args) -> Result<(), Failure> {
     let started = SystemTime::now();
     let machine = Machine::probe(&bench::repo_root());
     println!("machine: {}", machine.summary());
+    let mut extra = Vec::new();
     if needs_forwarders {
-        println!("sluice:  {}", opts.sluice_bin.display());
+        let line = binary_line(&opts.sluice_bin);
+        println!("sluice:  {line}");
+        extra.push(format!("sluice binary: {line}"));
     }
     let mut bench = Bench::new(&opts, &machine);
     let mut reports: Vec<ScenarioReport> = Vec::new();
     let mut failure = None;
     for s in &runnable {
+        if args.wait_quiet > 0.0 {
+            bench::wait_quiet(
+                std::time::Duration::try_from_secs_f64(args.wait_quiet)
+                    .unwrap_or(std::time::Duration::from_secs(86_400)),
+            );
+        }
         eprintln!("running {} ...", s.name());
         let r = match s {
             Scenario::Forward => bench::forward(&mut bench),
@@ -217,6 +260,7 @@ fn real_main(args: Args) -> Result<(), Failure> {
                     notes: vec![format!("not yet available: needs {f}")],
                     commands: vec![],
                     files: vec![],
+                    inputs: vec![],
                     data: serde_json::Value::Null,
                 });
             }
@@ -232,7 +276,7 @@ fn real_main(args: Args) -> Result<(), Failure> {
             .chain(std::env::args().skip(1).map(|a| shell_quote(&a)))
             .collect::<Vec<_>>()
             .join(" ");
-        let entry = report::results_entry(started, &machine, &invocation, &reports);
+        let entry = report::results_entry(started, &machine, &invocation, &extra, &reports);
         report::append_results(&args.results, &entry)
             .with_context(|| format!("appending to {}", args.results.display()))
             .map_err(Failure::Run)?;

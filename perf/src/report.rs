@@ -101,6 +101,9 @@ pub struct ScenarioReport {
     pub commands: Vec<String>,
     /// Files it wrote (e.g. a plot), relative to RESULTS.md.
     pub files: Vec<String>,
+    /// Generated inputs worth keeping with the figures (title, text), such
+    /// as the Sluice config of each run, whose temp file is gone afterwards.
+    pub inputs: Vec<(String, String)>,
     /// Machine-readable figures for `--json`.
     pub data: serde_json::Value,
 }
@@ -133,6 +136,12 @@ impl ScenarioReport {
         for f in &self.files {
             s.push_str(&format!("\n![{f}]({f})\n"));
         }
+        for (title, text) in &self.inputs {
+            s.push_str(&format!(
+                "\n<details><summary>{title}</summary>\n\n```\n{}\n```\n\n</details>\n",
+                text.trim_end()
+            ));
+        }
         if !self.commands.is_empty() {
             s.push_str("\n<details><summary>Commands run</summary>\n\n```\n");
             for c in &self.commands {
@@ -157,10 +166,12 @@ pub fn results_entry(
     when: SystemTime,
     machine: &Machine,
     invocation: &str,
+    extra: &[String],
     reports: &[ScenarioReport],
 ) -> String {
+    let extra: String = extra.iter().map(|l| format!("- {l}\n")).collect();
     let mut s = format!(
-        "\n## {} — {}\n\n- machine: {}\n- invocation: `{}`\n\n",
+        "\n## {} — {}\n\n- machine: {}\n- invocation: `{}`\n{extra}\n",
         utc_stamp(when),
         reports
             .iter()

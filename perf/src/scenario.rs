@@ -79,18 +79,25 @@ impl Scenario {
         match self {
             Scenario::Forward | Scenario::Sizes | Scenario::QosSched => Available,
             // TODO(parse): the parser is being written in
-            // dataplane/src/packet/. When it lands, time parse() over a
+            // dataplane/src/packet/. When it settles, time parse() over a
             // corpus (Ethernet, 0-2 VLAN tags, IPv4/IPv6, TCP/UDP, and
             // malformed frames) in-process, no DPDK, with hdrhistogram
             // ns/packet percentiles, and compare against a plain
             // memcpy of the same headers as the floor.
             Scenario::Parse => NeedsFeature(
-                "the packet parser (dataplane/src/packet/, in progress) — TODO slot",
+                "its micro-benchmark, a TODO slot while the packet parser \
+                 (dataplane/src/packet/) is being written",
             ),
-            Scenario::Classify => {
-                NeedsFeature("flow table and policy lookup on the worker path")
-            }
-            Scenario::Rewrite => NeedsFeature("rewrites on the worker path"),
+            // net_null's frames are all zeros: they never parse as IPv4 or
+            // IPv6, so rules and flows would never be exercised. These need
+            // a net_pcap `infinite_rx=1` corpus with real headers.
+            Scenario::Classify => NeedsFeature(
+                "a traffic corpus with real headers (net_pcap infinite_rx): net_null \
+                 frames are all zeros and never reach the flow table",
+            ),
+            Scenario::Rewrite => NeedsFeature(
+                "a traffic corpus with real headers (net_pcap infinite_rx) and a rules config",
+            ),
             Scenario::Police => NeedsFeature("per-binding meters"),
             Scenario::Sched => NeedsFeature("Sluice's egress scheduler (priority queues, shaper, AQM)"),
             Scenario::Latency => NeedsFeature(
@@ -167,7 +174,7 @@ mod tests {
         assert_eq!(Scenario::Forward.availability(), Availability::Available);
         let line = Scenario::Parse.help_line();
         assert!(
-            line.contains("not yet available: needs the packet parser"),
+            line.contains("not yet available: needs its micro-benchmark"),
             "{line}"
         );
         assert!(Scenario::Sched.help_line().contains("not yet available"));

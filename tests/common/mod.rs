@@ -41,10 +41,21 @@ pub fn config(sub: &str, up: &str) -> String {
     format!("[ports.subscriber]\ndevice = \"{sub}\"\n[ports.upstream]\ndevice = \"{up}\"\n")
 }
 
-/// Writes `toml` into a new file in `dir` and returns its path.
+/// Writes `toml` into a new file in `dir` and returns its path. Unless the
+/// text has its own `[control]` section, the control socket and the policy
+/// store go into `dir` too, so tests never share them.
 pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
-    let p = dir.join(format!("{}.toml", unique("cfg")));
-    std::fs::write(&p, toml).unwrap();
+    let name = unique("cfg");
+    let p = dir.join(format!("{name}.toml"));
+    let mut text = toml.to_owned();
+    if !text.contains("[control]") {
+        text.push_str(&format!(
+            "\n[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
+            dir.join(format!("{name}.sock")).display(),
+            dir.join(format!("{name}-state")).display()
+        ));
+    }
+    std::fs::write(&p, text).unwrap();
     p
 }
 

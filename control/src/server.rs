@@ -1,0 +1,384 @@
+//! The control socket: a Unix-domain stream socket speaking the
+//! line-delimited JSON protocol of [`crate::policy::protocol`], served by
+//! one thread with `mio`.
+//!
+//! - The socket file is created with mode 0600 (root only, as the appliance
+//!   runs as root); its directory is created 0700 if missing.
+//! - A stale socket file (nobody accepting on it) is replaced; a live one
+//!   (another sluice) is an error, so two appliances never share a policy.
+//! - Requests are handled one at a time, in arrival order per connection;
+//!   each gets exactly one response line. A line longer than
+//!   [`MAX_LINE_BYTES`] is answered with an error and skipped up to its end,
+//!   without buffering it.
+//! - The loop wakes at least every 100 ms to notice the stop flag.
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mio::net::{UnixListener, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use thiserror::Error;
+
+use crate::policy::protocol::{ProtocolError, Response, MAX_LINE_BYTES};
+use crate::policy::Policy;
+
+const LISTENER: Token = Token(0);
+const MAX_CONNECTIONS: usize = 64;
+
+/// Why the control socket could not be set up.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("control socket {path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
+    #[error("control socket {0} is in use: is another sluice running?")]
+    InUse(PathBuf),
+}
+
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> ServerError + 'a {
+    move |source| ServerError::Io {
+        path: path.to_owned(),
+        op,
+        source,
+    }
+}
+
+struct Conn {
+    stream: UnixStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// Skipping the rest of an over-long line.
+    discarding: bool,
+    closed: bool,
+}
+
+/// The bound control socket.
+pub struct ControlServer {
+    path: PathBuf,
+    poll: Poll,
+    listener: UnixListener,
+    conns: HashMap<Token, Conn>,
+    next: usize,
+}
+
+impl ControlServer {
+    /// Binds the socket at `path` (mode 0600).
+    pub fn bind(path: &Path) -> Result<ControlServer, ServerError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(io_err(path, "create directory"))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io_err(path, "chmod directory"))?;
+            }
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse(path.to_owned()));
+            }
+            std::fs::remove_file(path).map_err(io_err(path, "remove stale socket"))?;
+        }
+        let mut listener = UnixListener::bind(path).map_err(io_err(path, "bind"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(path, "chmod"))?;
+        let poll = Poll::new().map_err(io_err(path, "poll"))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(io_err(path, "register"))?;
+        Ok(ControlServer {
+            path: path.to_owned(),
+            poll,
+            listener,
+            conns: HashMap::new(),
+            next: 1,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves requests until `stop` is raised. `on_applied` runs after every
+    /// request that changed the policy (its sequence number moved), before
+    /// the response is sent: that is where the fast-path tables are updated,
+    /// so an acknowledged change is already visible to the workers.
+    pub fn run(
+        &mut self,
+        policy: &mut Policy,
+        stop: &AtomicBool,
+        mut on_applied: impl FnMut(&Policy),
+    ) {
+        let mut events = Events::with_capacity(64);
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(100)))
+            {
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error!("control socket poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            for ev in events.iter() {
+                if ev.token() == LISTENER {
+                    self.accept();
+                    continue;
+                }
+                let token = ev.token();
+                if let Some(conn) = self.conns.get_mut(&token) {
+                    if ev.is_readable() {
+                        serve(conn, policy, &mut on_applied);
+                    }
+                    flush(conn);
+                    if conn.closed && conn.wbuf.is_empty() {
+                        let mut c = self.conns.remove(&token).expect("present");
+                        let _ = self.poll.registry().deregister(&mut c.stream);
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        let _ = stream.write_all(
+                            Response::error(ProtocolError::new(
+                                None,
+                                "",
+                                "too many control connections",
+                            ))
+                            .to_line()
+                            .as_bytes(),
+                        );
+                        continue;
+                    }
+                    let token = Token(self.next);
+                    self.next += 1;
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, token, interest)
+                        .is_ok()
+                    {
+                        self.conns.insert(
+                            token,
+                            Conn {
+                                stream,
+                                rbuf: Vec::new(),
+                                wbuf: Vec::new(),
+                                discarding: false,
+                                closed: false,
+                            },
+                        );
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("control socket accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn respond(conn: &mut Conn, r: &Response) {
+    conn.wbuf.extend_from_slice(r.to_line().as_bytes());
+    if conn.wbuf.last() != Some(&b'\n') {
+        conn.wbuf.push(b'\n');
+    }
+}
+
+/// Reads what is available, answering every complete line.
+fn serve(conn: &mut Conn, policy: &mut Policy, on_applied: &mut impl FnMut(&Policy)) {
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        match conn.stream.read(&mut chunk) {
+            Ok(0) => {
+                conn.closed = true;
+                break;
+            }
+            Ok(n) => {
+                let mut data = &chunk[..n];
+                while !data.is_empty() {
+                    let nl = data.iter().position(|&b| b == b'\n');
+                    let (part, rest) = match nl {
+                        Some(i) => (&data[..i], &data[i + 1..]),
+                        None => (data, &data[..0]),
+                    };
+                    if !conn.discarding {
+                        conn.rbuf.extend_from_slice(part);
+                        if conn.rbuf.len() > MAX_LINE_BYTES {
+                            respond(
+                                conn,
+                                &Response::error(ProtocolError::line_too_long(conn.rbuf.len())),
+                            );
+                            conn.rbuf = Vec::new();
+                            conn.discarding = true;
+                        }
+                    }
+                    if nl.is_some() {
+                        if conn.discarding {
+                            conn.discarding = false;
+                        } else {
+                            let line = std::mem::take(&mut conn.rbuf);
+                            handle(conn, policy, on_applied, &line);
+                        }
+                    }
+                    data = rest;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => {
+                conn.closed = true;
+                break;
+            }
+        }
+    }
+}
+
+fn handle(conn: &mut Conn, policy: &mut Policy, on_applied: &mut impl FnMut(&Policy), line: &[u8]) {
+    let text = match std::str::from_utf8(line) {
+        Ok(t) => t.trim(),
+        Err(_) => {
+            respond(
+                conn,
+                &Response::error(ProtocolError::new(None, "", "request is not UTF-8")),
+            );
+            return;
+        }
+    };
+    if text.is_empty() {
+        return;
+    }
+    let before = policy.state().seq();
+    let response = policy.handle_line(text);
+    if policy.state().seq() != before {
+        on_applied(policy);
+    }
+    respond(conn, &response);
+}
+
+fn flush(conn: &mut Conn) {
+    while !conn.wbuf.is_empty() {
+        match conn.stream.write(&conn.wbuf) {
+            Ok(0) => {
+                conn.closed = true;
+                conn.wbuf.clear();
+            }
+            Ok(n) => {
+                conn.wbuf.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => {
+                conn.closed = true;
+                conn.wbuf.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::sync::Arc;
+
+    fn serve_in_background(
+        dir: &Path,
+    ) -> (PathBuf, Arc<AtomicBool>, std::thread::JoinHandle<Policy>) {
+        let path = dir.join("ctl/control.sock");
+        let mut server = ControlServer::bind(&path).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let h = std::thread::spawn(move || {
+            let mut policy = Policy::in_memory();
+            server.run(&mut policy, &s, |_| {});
+            policy
+        });
+        (path, stop, h)
+    }
+
+    fn ask(stream: &mut std::os::unix::net::UnixStream, line: &str) -> String {
+        stream.write_all(line.as_bytes()).unwrap();
+        stream.write_all(b"\n").unwrap();
+        let mut r = BufReader::new(stream.try_clone().unwrap());
+        let mut out = String::new();
+        r.read_line(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn requests_get_one_response_each_and_bad_ones_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, stop, h) = serve_in_background(dir.path());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let ok = ask(
+            &mut c,
+            r#"{"op":"add","table":"tier","entries":[{"name":"gold","decision":{"level":"premium"}}]}"#,
+        );
+        assert!(ok.contains("\"ok\":true"), "{ok}");
+        let bad = ask(
+            &mut c,
+            r#"{"op":"add","table":"login","entries":[{"subscriber":"10.0.0.300","login":"a","tier":"gold"}]}"#,
+        );
+        assert!(
+            bad.contains("\"ok\":false") && bad.contains("subscriber"),
+            "{bad}"
+        );
+        let trunc = ask(&mut c, r#"{"op":"add","table":"#);
+        assert!(trunc.contains("\"ok\":false"), "{trunc}");
+        // A line over the cap is refused without being buffered whole.
+        let long = format!(
+            "{{\"op\":\"stats\",\"x\":\"{}\"}}",
+            "a".repeat(MAX_LINE_BYTES + 10)
+        );
+        let r = ask(&mut c, &long);
+        assert!(r.contains("\"ok\":false"), "{}", &r[..r.len().min(200)]);
+        let t = ask(&mut c, r#"{"op":"tables"}"#);
+        assert!(t.contains("\"ok\":true"), "{t}");
+        stop.store(true, Ordering::Relaxed);
+        let policy = h.join().unwrap();
+        assert_eq!(
+            policy.state().seq(),
+            1,
+            "only the good request changed the policy"
+        );
+        assert!(!path.exists(), "socket removed at shutdown");
+    }
+
+    #[test]
+    fn a_live_socket_is_not_stolen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, stop, h) = serve_in_background(dir.path());
+        match ControlServer::bind(&path) {
+            Err(ServerError::InUse(_)) => {}
+            other => panic!("expected InUse, got {:?}", other.err()),
+        }
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+        // Stale file: replaced.
+        std::fs::write(&path, b"").unwrap();
+        assert!(ControlServer::bind(&path).is_ok());
+    }
+}
