@@ -143,6 +143,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
             Some(Pipeline {
                 rules: Arc::clone(&rules),
                 flows: FlowTable::new(flow_cfg)?,
+                since_sweep: 0,
+                stateless: rules.stateless(),
             })
         });
     }

@@ -52,6 +52,10 @@ impl Prefix {
     }
 }
 
+/// At most this many DSCP-only rules are matched per packet instead of
+/// through the flow table (see [`StaticRules::stateless`]).
+pub const STATELESS_MAX_RULES: usize = 4;
+
 /// One compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -110,6 +114,20 @@ impl StaticRules {
 
     pub fn len(&self) -> usize {
         self.rules.len()
+    }
+
+    /// True when per-packet classification is cheaper than a flow-table
+    /// lookup and loses nothing: a handful of rules that only set DSCP (no
+    /// remap, so no reply needs reverse state; no MSS clamp, which also
+    /// applies to the reply's SYN-ACK). The worker then skips the flow
+    /// table. With remaps, or once the policy tables classify (hundreds of
+    /// cycles per lookup), the flow table is the fast path.
+    pub fn stateless(&self) -> bool {
+        self.rules.len() <= STATELESS_MAX_RULES
+            && self.rules.iter().all(|r| {
+                let a = &r.actions;
+                a.dst_port.is_none() && a.dst_addr.is_none() && a.mss_clamp.is_none()
+            })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -247,6 +265,21 @@ mod tests {
             ))
             .unwrap();
         assert_eq!((a.dscp, a.mss_clamp), (Dscp::new(46), None));
+    }
+
+    #[test]
+    fn only_few_dscp_only_rules_are_stateless() {
+        let dscp = |name: &str| RuleConfig {
+            name: name.into(),
+            dscp: Some(46),
+            ..Default::default()
+        };
+        assert!(StaticRules::from_config(&[dscp("a"), dscp("b")]).stateless());
+        assert!(!rules().stateless(), "remaps need reverse state");
+        let many: Vec<RuleConfig> = (0..=STATELESS_MAX_RULES)
+            .map(|i| dscp(&i.to_string()))
+            .collect();
+        assert!(!StaticRules::from_config(&many).stateless());
     }
 
     #[test]

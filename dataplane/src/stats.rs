@@ -233,7 +233,9 @@ pub struct PathSnapshot {
     pub parse_errors: BTreeMap<String, u64>,
     /// action name -> outcome name -> packets.
     pub actions: BTreeMap<String, BTreeMap<String, u64>>,
-    /// rule name -> flows classified by it.
+    /// rule name -> classifications it won: one per new flow, or one per
+    /// packet when the rules are stateless (DSCP only, see
+    /// `StaticRules::stateless`).
     pub rule_hits: BTreeMap<String, u64>,
     pub flows: FlowSnapshot,
 }

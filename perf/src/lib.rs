@@ -18,10 +18,14 @@
 //! - [`machine`]: CPU, kernel, DPDK version, TSC rate, git revision.
 //! - [`report`]: text and Markdown tables, the RESULTS.md record.
 //! - [`svg`]: the frame-size chart.
+//! - [`corpus`]: TCP/IPv4 frames with real headers, and a pcap writer.
+//! - [`micro`]: the in-process parse + rewrite micro-benchmark.
 #![deny(unsafe_code)]
 
 pub mod bench;
+pub mod corpus;
 pub mod machine;
+pub mod micro;
 pub mod process;
 pub mod qos_sched;
 pub mod report;

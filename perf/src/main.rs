@@ -236,6 +236,8 @@ fn real_main(args: Args) -> Result<(), Failure> {
             Scenario::Forward => bench::forward(&mut bench),
             Scenario::Sizes => bench::sizes(&mut bench),
             Scenario::QosSched => bench::qos_sched(&mut bench),
+            Scenario::Parse => bench::parse(&mut bench),
+            Scenario::Rewrite => bench::rewrite(&mut bench),
             _ => unreachable!("only available scenarios are run"),
         };
         match r {

@@ -65,9 +65,13 @@ impl Scenario {
             Scenario::QosSched => {
                 "DPDK's qos_sched example (rte_sched) on net_null, if it can run here"
             }
-            Scenario::Parse => "micro-benchmark of the packet parser (ns/packet percentiles)",
+            Scenario::Parse => {
+                "parse + one rewrite + incremental checksum, 64 B TCP/IPv4, in process (ns/packet)"
+            }
             Scenario::Classify => "flow-table hit/miss and policy lookup on the worker path",
-            Scenario::Rewrite => "DSCP / port / IP rewrite with incremental checksums",
+            Scenario::Rewrite => {
+                "DSCP rule on every packet vs the bare bridge, net_pcap TCP corpus; testpmd io as reference"
+            }
             Scenario::Police => "per-binding metering and policing",
             Scenario::Sched => "Sluice's egress scheduler vs qos_sched",
             Scenario::Latency => "per-packet latency percentiles through the appliance",
@@ -78,25 +82,11 @@ impl Scenario {
         use Availability::*;
         match self {
             Scenario::Forward | Scenario::Sizes | Scenario::QosSched => Available,
-            // TODO(parse): the parser is being written in
-            // dataplane/src/packet/. When it settles, time parse() over a
-            // corpus (Ethernet, 0-2 VLAN tags, IPv4/IPv6, TCP/UDP, and
-            // malformed frames) in-process, no DPDK, with hdrhistogram
-            // ns/packet percentiles, and compare against a plain
-            // memcpy of the same headers as the floor.
-            Scenario::Parse => NeedsFeature(
-                "its micro-benchmark, a TODO slot while the packet parser \
-                 (dataplane/src/packet/) is being written",
-            ),
-            // net_null's frames are all zeros: they never parse as IPv4 or
-            // IPv6, so rules and flows would never be exercised. These need
-            // a net_pcap `infinite_rx=1` corpus with real headers.
+            Scenario::Parse | Scenario::Rewrite => Available,
+            // The flow-table/policy-table lookup cost at 1M+1M bindings and
+            // 4M flows needs the policy tables on the worker path.
             Scenario::Classify => NeedsFeature(
-                "a traffic corpus with real headers (net_pcap infinite_rx): net_null \
-                 frames are all zeros and never reach the flow table",
-            ),
-            Scenario::Rewrite => NeedsFeature(
-                "a traffic corpus with real headers (net_pcap infinite_rx) and a rules config",
+                "the policy tables (issue 4) wired into the worker's flow-miss path",
             ),
             Scenario::Police => NeedsFeature("per-binding meters"),
             Scenario::Sched => NeedsFeature("Sluice's egress scheduler (priority queues, shaper, AQM)"),

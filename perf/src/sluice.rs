@@ -46,6 +46,9 @@ pub struct Setup {
     pub mbufs: u32,
     pub mbuf_cache: u32,
     pub ring_desc: u32,
+    /// Appended verbatim: the `[control]` section (socket and store in the
+    /// runner's scratch directory) and any `[[rules]]`.
+    pub extra: String,
 }
 
 /// A complete config with every performance-relevant key spelled out, so
@@ -76,6 +79,7 @@ burst = {burst}
 mbufs = {mbufs}
 cache = {cache}
 data_room = 2176
+{extra}
 "#,
         mem = s.mem_mb,
         d0 = s.devices[0],
@@ -86,6 +90,7 @@ data_room = 2176
         burst = s.burst,
         mbufs = s.mbufs,
         cache = s.mbuf_cache,
+        extra = s.extra,
     )
 }
 
