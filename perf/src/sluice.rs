@@ -254,8 +254,10 @@ mod tests {
             mbufs: 16383,
             mbuf_cache: 256,
             ring_desc: 1024,
+            extra: "\n[control]\nsocket = \"/tmp/x.sock\"\n".into(),
         });
         for want in [
+            "[control]",
             r#"device = "net_null0,copy=1,size=128""#,
             "cores = [1]",
             "burst = 32",
