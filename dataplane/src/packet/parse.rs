@@ -478,23 +478,29 @@ fn parse_vlans(buf: &[u8]) -> Result<L2, ParseError> {
     Ok(l2)
 }
 
-/// The transport part of a [`Parsed`].
+/// The transport part of a [`Parsed`], packed into one word:
+/// `l4 | src_port << 8 | dst_port << 24 | tcp_flags << 40 | tcp_hlen << 48`.
+/// As a struct of small fields, the compiler built it on the stack with
+/// narrow stores and read it back with a wide load: a store-forwarding stall
+/// on every packet (~13 % of the rule path in `perf`). A word stays in a
+/// register.
 #[derive(Clone, Copy)]
-struct L4Info {
-    l4: L4,
-    src_port: u16,
-    dst_port: u16,
-    tcp_flags: u8,
-    tcp_hlen: u8,
+struct L4Info(u64);
+
+impl L4Info {
+    #[inline(always)]
+    fn new(l4: L4, src_port: u16, dst_port: u16, tcp_flags: u8, tcp_hlen: u8) -> L4Info {
+        L4Info(
+            l4 as u64
+                | u64::from(src_port) << 8
+                | u64::from(dst_port) << 24
+                | u64::from(tcp_flags) << 40
+                | u64::from(tcp_hlen) << 48,
+        )
+    }
 }
 
-const NO_L4: L4Info = L4Info {
-    l4: L4::None,
-    src_port: 0,
-    dst_port: 0,
-    tcp_flags: 0,
-    tcp_hlen: 0,
-};
+const NO_L4: L4Info = L4Info(L4::None as u64);
 
 #[inline(always)]
 fn parsed(l2: L2, l4_off: usize, ip_end: usize, version: IpVersion, proto: u8) -> Parsed {
@@ -519,11 +525,16 @@ fn parsed(l2: L2, l4_off: usize, ip_end: usize, version: IpVersion, proto: u8) -
 impl Parsed {
     #[inline(always)]
     fn with_l4(mut self, i: L4Info) -> Parsed {
-        self.l4 = i.l4;
-        self.src_port = i.src_port;
-        self.dst_port = i.dst_port;
-        self.tcp_flags = i.tcp_flags;
-        self.tcp_hlen = i.tcp_hlen;
+        let w = i.0;
+        self.l4 = match w as u8 {
+            x if x == L4::Tcp as u8 => L4::Tcp,
+            x if x == L4::Udp as u8 => L4::Udp,
+            _ => L4::None,
+        };
+        self.src_port = (w >> 8) as u16;
+        self.dst_port = (w >> 24) as u16;
+        self.tcp_flags = (w >> 40) as u8;
+        self.tcp_hlen = (w >> 48) as u8;
         self
     }
 }
@@ -697,8 +708,13 @@ fn parse_l4(buf: &[u8], off: usize, limit: usize, proto: u8) -> Result<L4Info, P
             if off + 20 > limit {
                 return Err(TruncatedL4);
             }
-            let [s0, s1, d0, d1, _, _, _, _, _, _, _, _, doff, flags] =
-                arr::<14>(buf, off).ok_or(TruncatedL4)?;
+            // One 4-byte and one 2-byte load, both in registers: a
+            // destructured [u8; 14] went through the stack and cost a
+            // store-forwarding stall on every packet.
+            let ports = arr::<4>(buf, off)
+                .map(u32::from_be_bytes)
+                .ok_or(TruncatedL4)?;
+            let [doff, flags] = arr::<2>(buf, off + 12).ok_or(TruncatedL4)?;
             let hlen = usize::from(doff >> 4) * 4;
             if hlen < 20 {
                 return Err(BadTcpHeaderLen);
@@ -706,26 +722,28 @@ fn parse_l4(buf: &[u8], off: usize, limit: usize, proto: u8) -> Result<L4Info, P
             if off + hlen > limit {
                 return Err(TruncatedL4);
             }
-            Ok(L4Info {
-                l4: L4::Tcp,
-                src_port: u16::from_be_bytes([s0, s1]),
-                dst_port: u16::from_be_bytes([d0, d1]),
-                tcp_flags: flags,
-                tcp_hlen: hlen as u8,
-            })
+            Ok(L4Info::new(
+                L4::Tcp,
+                (ports >> 16) as u16,
+                ports as u16,
+                flags,
+                hlen as u8,
+            ))
         }
         PROTO_UDP => {
             if off + 8 > limit {
                 return Err(TruncatedL4);
             }
-            let [s0, s1, d0, d1] = arr::<4>(buf, off).ok_or(TruncatedL4)?;
-            Ok(L4Info {
-                l4: L4::Udp,
-                src_port: u16::from_be_bytes([s0, s1]),
-                dst_port: u16::from_be_bytes([d0, d1]),
-                tcp_flags: 0,
-                tcp_hlen: 0,
-            })
+            let ports = arr::<4>(buf, off)
+                .map(u32::from_be_bytes)
+                .ok_or(TruncatedL4)?;
+            Ok(L4Info::new(
+                L4::Udp,
+                (ports >> 16) as u16,
+                ports as u16,
+                0,
+                0,
+            ))
         }
         _ => Ok(NO_L4),
     }
