@@ -607,7 +607,10 @@ pub fn rewrite(bench: &mut Bench) -> Result<ScenarioReport> {
              packet, looks its flow up (hits after the first packet), rewrites the DSCP and \
              updates the IPv4 checksum incrementally."
                 .into(),
-            method_note(bench.opts),
+            method_note(bench.opts).replace(
+                "two net_null ports (copy=1)",
+                "the two net_pcap ports of the title (corpus in, /dev/null out)",
+            ),
             rounds_note(&rounds, &plan),
             load.finish(),
         ],
