@@ -507,36 +507,15 @@ pub fn forward(bench: &mut Bench) -> Result<ScenarioReport> {
     let plan: Vec<(Tool, u32)> = tools.iter().map(|&t| (t, size)).collect();
     let load = LoadWatch::start();
     let rounds = run_rounds(bench, &plan)?;
-    let tsc = bench.machine.tsc_hz;
     let sluice_mpps = Summary::of(&rounds[&(Tool::Sluice, size)]).map(|s| s.median);
-    let mut table = Table::new([
-        "tool",
-        "Mpps",
-        "min–max",
-        "ns/pkt",
-        "cycles/pkt",
-        "sluice ÷ tool",
-    ]);
-    let mut data = Vec::new();
-    for &t in &tools {
-        let Some(s) = Summary::of(&rounds[&(t, size)]) else {
-            continue;
-        };
-        let pps = s.median * 1e6;
-        let ratio = sluice_mpps.and_then(|m| stats::ratio(m, s.median));
-        table.row([
-            t.label(),
-            format!("{:.2}", s.median),
-            format!("{:.2}–{:.2}", s.min, s.max),
-            format!("{:.1}", stats::ns_per_packet(pps)),
-            format!("{:.0}", stats::cycles_per_packet(pps, tsc)),
-            fmt_opt(ratio, 2),
-        ]);
-        data.push(json!({
-            "tool": t.label(), "size": size, "mpps": s, "ns_per_packet": stats::ns_per_packet(pps),
-            "cycles_per_packet": stats::cycles_per_packet(pps, tsc), "sluice_ratio": ratio,
-        }));
-    }
+    let (table, data) = rate_table(
+        &rounds,
+        &tools,
+        size,
+        bench.machine.tsc_hz,
+        ("sluice ÷ tool", "sluice_ratio"),
+        |m| sluice_mpps.and_then(|s| stats::ratio(s, m)),
+    );
     Ok(ScenarioReport {
         name: "forward".into(),
         title: format!("bare bridge, {size} B frames, one worker core, both directions summed"),
@@ -553,6 +532,49 @@ pub fn forward(bench: &mut Bench) -> Result<ScenarioReport> {
     })
 }
 
+/// One row per tool at `size`: median Mpps, min–max, ns and cycles per
+/// packet, and `ratio` of the tool's median (header and JSON key given).
+fn rate_table(
+    rounds: &Rounds,
+    tools: &[Tool],
+    size: u32,
+    tsc: f64,
+    (ratio_header, ratio_key): (&str, &str),
+    ratio: impl Fn(f64) -> Option<f64>,
+) -> (Table, Vec<serde_json::Value>) {
+    let mut table = Table::new([
+        "tool",
+        "Mpps",
+        "min–max",
+        "ns/pkt",
+        "cycles/pkt",
+        ratio_header,
+    ]);
+    let mut data = Vec::new();
+    for &t in tools {
+        let Some(s) = rounds.get(&(t, size)).and_then(|r| Summary::of(r)) else {
+            continue;
+        };
+        let pps = s.median * 1e6;
+        let r = ratio(s.median);
+        table.row([
+            t.label(),
+            format!("{:.2}", s.median),
+            format!("{:.2}–{:.2}", s.min, s.max),
+            format!("{:.1}", stats::ns_per_packet(pps)),
+            format!("{:.0}", stats::cycles_per_packet(pps, tsc)),
+            fmt_opt(r, 2),
+        ]);
+        let mut row = json!({
+            "tool": t.label(), "size": size, "mpps": s, "ns_per_packet": stats::ns_per_packet(pps),
+            "cycles_per_packet": stats::cycles_per_packet(pps, tsc),
+        });
+        row[ratio_key] = json!(r);
+        data.push(row);
+    }
+    (table, data)
+}
+
 /// The `rewrite` scenario: the appliance with a DSCP rule on every packet
 /// against the bare bridge, on the same net_pcap TCP corpus, with testpmd
 /// io on the same devices as the outside reference.
@@ -566,35 +588,15 @@ pub fn rewrite(bench: &mut Bench) -> Result<ScenarioReport> {
     let plan: Vec<(Tool, u32)> = tools.iter().map(|&t| (t, size)).collect();
     let load = LoadWatch::start();
     let rounds = run_rounds(bench, &plan)?;
-    let tsc = bench.machine.tsc_hz;
-    let med = |t: Tool| Summary::of(&rounds[&(t, size)]);
-    let bridge = med(Tool::SluicePcapBridge).map(|s| s.median);
-    let mut table = Table::new([
-        "tool",
-        "Mpps",
-        "min–max",
-        "ns/pkt",
-        "cycles/pkt",
-        "÷ sluice bridge",
-    ]);
-    let mut data = Vec::new();
-    for &t in &tools {
-        let Some(s) = med(t) else { continue };
-        let pps = s.median * 1e6;
-        let ratio = bridge.and_then(|b| stats::ratio(s.median, b));
-        table.row([
-            t.label(),
-            format!("{:.2}", s.median),
-            format!("{:.2}–{:.2}", s.min, s.max),
-            format!("{:.1}", stats::ns_per_packet(pps)),
-            format!("{:.0}", stats::cycles_per_packet(pps, tsc)),
-            fmt_opt(ratio, 2),
-        ]);
-        data.push(json!({
-            "tool": t.label(), "mpps": s, "ns_per_packet": stats::ns_per_packet(pps),
-            "cycles_per_packet": stats::cycles_per_packet(pps, tsc), "ratio_to_bridge": ratio,
-        }));
-    }
+    let bridge = Summary::of(&rounds[&(Tool::SluicePcapBridge, size)]).map(|s| s.median);
+    let (table, data) = rate_table(
+        &rounds,
+        &tools,
+        size,
+        bench.machine.tsc_hz,
+        ("÷ sluice bridge", "ratio_to_bridge"),
+        |m| bridge.and_then(|b| stats::ratio(m, b)),
+    );
     Ok(ScenarioReport {
         name: "rewrite".into(),
         title: format!(
