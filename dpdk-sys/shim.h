@@ -8,16 +8,10 @@
 #include <stdint.h>
 
 struct rte_mbuf;
-struct rte_mempool;
-struct rte_ring;
 
 uint16_t sluice_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 uint16_t sluice_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
-int sluice_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **pkts, unsigned int n);
 void sluice_pktmbuf_free(struct rte_mbuf *m);
-unsigned int sluice_lcore_id(void);
 uint64_t sluice_rdtsc(void);
 int sluice_errno(void);
-unsigned int sluice_ring_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned int n);
-unsigned int sluice_ring_dequeue_burst(struct rte_ring *r, void **objs, unsigned int n);
 #endif

@@ -161,7 +161,7 @@ fn bad_eal_arguments_and_devices_are_clear_errors() {
     // A driver that does not exist: EAL cannot create the vdev.
     let cfg2 = write_config(dir.path(), &config("net_nosuchdriver0", "net_null1"));
     let out = run(&["-c", cfg2.to_str().unwrap()], Duration::from_secs(30));
-    assert_clean_error(&out, 1, "error");
+    assert_clean_error(&out, 1, "rte_eal_init failed: No such device");
     let out = run(&["--check-config", "-c", cfg], Duration::from_secs(10));
     assert!(out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("--vdev net_null0 --vdev net_null1"));

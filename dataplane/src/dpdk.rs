@@ -7,7 +7,8 @@
 //!   [`RxQueue`] and one [`TxQueue`] per queue index (each owned by exactly one
 //!   worker, so they are `Send` but not `Clone`).
 //! - [`Mbuf`] and [`Burst`]: owned packet buffers. Dropping one returns it to
-//!   its pool; neither is `Clone`.
+//!   its pool; neither is `Clone`. (Only what the packet path uses today is
+//!   wrapped; the scheduler will add push/retain to `Burst`.)
 //! - [`launch`]/[`wait`]: run a closure on a DPDK worker lcore.
 //!
 //! Everything else in the workspace is safe Rust.
@@ -116,16 +117,6 @@ impl Eal {
             _argv: argv,
         })
     }
-
-    /// The TSC frequency in Hz, as EAL calibrated it.
-    pub fn tsc_hz(&self) -> u64 {
-        tsc_hz()
-    }
-
-    /// Names of all probed ethdev ports, by port id.
-    pub fn port_names(&self) -> Vec<String> {
-        port_names()
-    }
 }
 
 impl Drop for Eal {
@@ -172,12 +163,6 @@ pub fn rdtsc() -> u64 {
     unsafe { sys::sluice_rdtsc() }
 }
 
-/// The lcore id of the calling thread (`u32::MAX` for a non-EAL thread).
-pub fn lcore_id() -> u32 {
-    // SAFETY: reads a thread-local; no preconditions.
-    unsafe { sys::sluice_lcore_id() }
-}
-
 /// A packet-buffer pool. `Send + Sync`: DPDK mempools are thread-safe.
 pub struct Mempool {
     ptr: NonNull<sys::rte_mempool>,
@@ -222,25 +207,6 @@ impl Mempool {
     pub fn size(&self) -> u32 {
         self.size
     }
-
-    /// Replaces the contents of `burst` with `n` fresh buffers (all or
-    /// nothing); used by generators and tests.
-    pub fn alloc_into(&self, burst: &mut Burst, n: usize) -> Result<(), DpdkError> {
-        burst.clear();
-        let n = n.min(MAX_BURST);
-        // SAFETY: burst.bufs has room for MAX_BURST pointers and Mbuf is a
-        // transparent NonNull<rte_mbuf>; on success DPDK fills all n.
-        let ret = unsafe {
-            sys::sluice_pktmbuf_alloc_bulk(
-                self.ptr.as_ptr(),
-                burst.bufs.as_mut_ptr() as *mut *mut sys::rte_mbuf,
-                n as c_uint,
-            )
-        };
-        check("rte_pktmbuf_alloc_bulk", ret)?;
-        burst.len = n;
-        Ok(())
-    }
 }
 
 impl Drop for Mempool {
@@ -274,45 +240,11 @@ impl Mbuf {
         }
     }
 
-    /// The packet bytes of the first segment.
-    #[inline]
-    pub fn data(&self) -> &[u8] {
-        // SAFETY: as data_mut, shared.
-        unsafe {
-            let m = self.0.as_ptr();
-            let base = ((*m).buf_addr as *const u8).add((*m).data_off as usize);
-            std::slice::from_raw_parts(base, (*m).data_len as usize)
-        }
-    }
-
     /// Total packet length over all segments.
     #[inline]
     pub fn pkt_len(&self) -> u32 {
         // SAFETY: reading a field of an mbuf we own.
         unsafe { (*self.0.as_ptr()).pkt_len }
-    }
-
-    /// Number of segments.
-    #[inline]
-    pub fn segments(&self) -> u16 {
-        // SAFETY: reading a field of an mbuf we own.
-        unsafe { (*self.0.as_ptr()).nb_segs }
-    }
-
-    /// Sets the length of a single-segment packet (used by generators and
-    /// tests). Fails if it does not fit the buffer's tailroom.
-    pub fn set_len(&mut self, len: u16) -> bool {
-        // SAFETY: reading/writing fields of an mbuf we own; the bound check
-        // keeps data_off + len within buf_len.
-        unsafe {
-            let m = self.0.as_ptr();
-            if (*m).nb_segs != 1 || (*m).data_off as u32 + len as u32 > (*m).buf_len as u32 {
-                return false;
-            }
-            (*m).data_len = len;
-            (*m).pkt_len = len as u32;
-        }
-        true
     }
 }
 
@@ -354,11 +286,6 @@ impl Burst {
         self.len == 0
     }
 
-    #[inline]
-    pub fn is_full(&self) -> bool {
-        self.len == MAX_BURST
-    }
-
     /// The mbufs held, mutable.
     #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [Mbuf] {
@@ -371,39 +298,6 @@ impl Burst {
     pub fn as_slice(&self) -> &[Mbuf] {
         // SAFETY: the first len entries are initialised Mbufs.
         unsafe { std::slice::from_raw_parts(self.bufs.as_ptr() as *const Mbuf, self.len) }
-    }
-
-    /// Appends an mbuf; hands it back if the burst is full.
-    #[inline]
-    pub fn push(&mut self, m: Mbuf) -> Result<(), Mbuf> {
-        if self.len == MAX_BURST {
-            return Err(m);
-        }
-        self.bufs[self.len].write(m);
-        self.len += 1;
-        Ok(())
-    }
-
-    /// Keeps the mbufs for which `keep` returns true, in order, and frees
-    /// the others. Returns how many were freed.
-    #[inline]
-    pub fn retain(&mut self, mut keep: impl FnMut(&mut Mbuf) -> bool) -> usize {
-        let mut w = 0;
-        let n = self.len;
-        // Shrink first so a panic in `keep` can at worst leak, never double-free.
-        self.len = 0;
-        for r in 0..n {
-            // SAFETY: entry r < n is initialised and read exactly once here.
-            let mut m = unsafe { self.bufs[r].assume_init_read() };
-            if keep(&mut m) {
-                self.bufs[w].write(m);
-                w += 1;
-            } else {
-                drop(m);
-            }
-        }
-        self.len = w;
-        n - w
     }
 
     /// Frees every mbuf held.
@@ -656,16 +550,6 @@ impl Port {
             speed_mbps: l.link_speed,
             full_duplex: l.link_duplex() == 1,
         })
-    }
-
-    /// The port's MAC address.
-    pub fn mac(&self) -> Result<[u8; 6], DpdkError> {
-        let mut a = sys::rte_ether_addr::default();
-        // SAFETY: a is a valid out-struct.
-        check("rte_eth_macaddr_get", unsafe {
-            sys::rte_eth_macaddr_get(self.id, &mut a)
-        })?;
-        Ok(a.addr_bytes)
     }
 
     /// The receive side of queue `q`. Call once per queue index and hand
