@@ -84,6 +84,10 @@ pub(super) enum Found {
 /// The shared half of a map: what readers touch.
 pub(super) struct BindingMap {
     table: Table,
+    /// Several records per key, told apart by their restriction (the
+    /// coupon map: a subscriber may hold coupons for different
+    /// destinations).
+    multi: bool,
     buckets: Box<[Bucket]>,
     records: Box<[Record]>,
     mask: u64,
@@ -96,8 +100,9 @@ pub(super) struct MapWriter {
 }
 
 impl BindingMap {
-    /// A map of `capacity` records (at least 1, validated by the caller).
-    pub fn new(table: Table, capacity: u32) -> (BindingMap, MapWriter) {
+    /// A map of `capacity` records (at least 1, validated by the caller);
+    /// `multi`: several records per key (see [`BindingMap::resolve`]).
+    pub fn new(table: Table, capacity: u32, multi: bool) -> (BindingMap, MapWriter) {
         let nbuckets = (capacity as usize * 2)
             .div_ceil(SLOTS)
             .next_power_of_two()
@@ -106,6 +111,7 @@ impl BindingMap {
         let records = (0..capacity).map(|_| Record::default()).collect();
         let map = BindingMap {
             table,
+            multi,
             buckets,
             records,
             mask: nbuckets as u64 - 1,
@@ -148,11 +154,16 @@ impl BindingMap {
     /// Finds `h.key` among the entries of `p` (from [`BindingMap::probe`]
     /// on this map): reads each candidate record under its sequence counter
     /// and compares the key. An entry removed or a record recycled since
-    /// the probe reads as another key or none: a miss.
+    /// the probe reads as another key or none: a miss. Of the key's records
+    /// that `accept` takes, the most specific ([`record::specificity`])
+    /// wins; a map with one record per key stops at the key's record.
+    /// `Contended` if a candidate could not be read (it might have been
+    /// the answer).
     #[inline]
-    pub fn resolve(&self, h: &KeyHash, p: &Probe) -> Found {
+    pub fn resolve(&self, h: &KeyHash, p: &Probe, accept: impl Fn(&Decoded) -> bool) -> Found {
         let sig = h.sig();
         let mut contended = false;
+        let mut best: Option<((bool, i16), Decoded, u32)> = None;
         for &e in &p.0 {
             if e >> 32 != sig || e as u32 == 0 {
                 continue;
@@ -162,73 +173,105 @@ impl BindingMap {
             };
             match r.read_if(&h.key) {
                 Ok(Some((w, generation))) => {
-                    return Found::Hit {
-                        decoded: record::decode(&w),
-                        generation,
+                    let decoded = record::decode(&w);
+                    if accept(&decoded) {
+                        let rank = record::specificity(&w);
+                        if best.as_ref().is_none_or(|(b, _, _)| rank > *b) {
+                            best = Some((rank, decoded, generation));
+                        }
+                    }
+                    if !self.multi {
+                        break;
                     }
                 }
                 Ok(None) => {}
                 Err(Contended) => contended = true,
             }
         }
-        if contended {
-            Found::Contended
-        } else {
-            Found::Miss
+        match best {
+            _ if contended => Found::Contended,
+            Some((_, decoded, generation)) => Found::Hit {
+                decoded,
+                generation,
+            },
+            None => Found::Miss,
         }
     }
 
-    /// Looks `h.key` up (any thread).
+    /// Looks `h.key` up (any thread): its most specific record.
     #[inline]
     pub fn lookup(&self, h: &KeyHash) -> Found {
-        self.resolve(h, &self.probe(h))
+        self.resolve(h, &self.probe(h), |_| true)
     }
 
-    /// The writer's lookup: the index entry and record holding `h.key`.
-    fn find_writer(&self, h: &KeyHash) -> Option<(&AtomicU64, u32)> {
+    /// The writer's lookup: the index entries and records of `h.key` whose
+    /// words satisfy `pick`.
+    fn find_writer<'a>(
+        &'a self,
+        h: &'a KeyHash,
+        pick: impl Fn(&Words) -> bool + 'a,
+    ) -> impl Iterator<Item = (&'a AtomicU64, u32, Words)> + 'a {
         let sig = h.sig();
-        for b in self.candidates(h) {
-            for e in &b.0 {
+        let [b1, b2] = self.candidates(h);
+        // The two candidates may be one bucket: visit it once.
+        let second = (!std::ptr::eq(b1, b2)).then_some(b2);
+        std::iter::once(b1)
+            .chain(second)
+            .flat_map(|b| b.0.iter())
+            .filter_map(move |e| {
                 let v = e.load(Ordering::Relaxed);
                 if v >> 32 != sig || v as u32 == 0 {
-                    continue;
+                    return None;
                 }
                 let slot = v as u32 - 1;
-                if let Some(r) = self.records.get(slot as usize) {
-                    if record::holds(&r.load_writer(), &h.key) {
-                        return Some((e, slot));
-                    }
-                }
-            }
-        }
-        None
+                let w = self.records.get(slot as usize)?.load_writer();
+                (record::holds(&w, &h.key) && pick(&w)).then_some((e, slot, w))
+            })
     }
 
-    /// The binding the writer last stored for `h.key`.
-    pub fn get(&self, h: &KeyHash) -> Option<Binding> {
-        let (_, slot) = self.find_writer(h)?;
-        let r = self.records.get(slot as usize)?;
-        Some(record::decode(&r.load_writer()).binding)
+    /// The record `words` would replace: same key (and restriction, in a
+    /// map with several records per key).
+    fn find_same<'a>(
+        &'a self,
+        h: &'a KeyHash,
+        words: &'a Words,
+    ) -> Option<(&'a AtomicU64, u32, Words)> {
+        let multi = self.multi;
+        self.find_writer(h, move |w| record::same_identity(w, words, multi))
+            .next()
     }
 
-    /// The packed binding the writer last stored for `h.key` (for undo).
-    pub fn get_words(&self, h: &KeyHash) -> Option<Words> {
-        let (_, slot) = self.find_writer(h)?;
-        Some(self.records.get(slot as usize)?.load_writer())
+    /// The bindings the writer last stored for `h.key`, most specific
+    /// first.
+    pub fn get(&self, h: &KeyHash) -> Vec<Binding> {
+        let mut all: Vec<Words> = self.find_writer(h, |_| true).map(|(_, _, w)| w).collect();
+        all.sort_by_key(|w| std::cmp::Reverse(record::specificity(w)));
+        all.iter().map(|w| record::decode(w).binding).collect()
     }
 
-    /// Inserts or replaces (the single writer only).
+    /// The packed record that `words` would replace (for undo).
+    pub fn get_words(&self, h: &KeyHash, words: &Words) -> Option<Words> {
+        self.find_same(h, words).map(|(_, _, w)| w)
+    }
+
+    /// Every packed record of `h.key` (for undo).
+    pub fn all_words(&self, h: &KeyHash) -> Vec<Words> {
+        self.find_writer(h, |_| true).map(|(_, _, w)| w).collect()
+    }
+
+    /// Inserts or replaces (the single writer only): the record with the
+    /// same identity ([`record::same_identity`]) is replaced in place.
     pub fn upsert(
         &self,
         w: &mut MapWriter,
         h: &KeyHash,
         words: &Words,
     ) -> Result<Upserted, TableError> {
-        if let Some((_, slot)) = self.find_writer(h) {
+        if let Some((_, slot, old)) = self.find_same(h, words) {
             let Some(r) = self.records.get(slot as usize) else {
                 return Err(self.full());
             };
-            if strip_seq(r.load_writer()) == strip_seq(*words) {
+            if strip_seq(old) == strip_seq(*words) {
                 return Ok(Upserted::Unchanged);
             }
             r.write(words);
@@ -262,11 +305,29 @@ impl BindingMap {
         Ok(Upserted::Inserted)
     }
 
-    /// Removes `h.key`; false if absent (the single writer only).
-    pub fn remove(&self, w: &mut MapWriter, h: &KeyHash) -> bool {
-        let Some((entry, slot)) = self.find_writer(h) else {
+    /// Removes the record that `words` identifies; false if absent (the
+    /// single writer only).
+    pub fn remove_one(&self, w: &mut MapWriter, h: &KeyHash, words: &Words) -> bool {
+        let Some((entry, slot, _)) = self.find_same(h, words) else {
             return false;
         };
+        self.release(w, entry, slot);
+        true
+    }
+
+    /// Removes every record of `h.key`; how many (the single writer only).
+    pub fn remove(&self, w: &mut MapWriter, h: &KeyHash) -> usize {
+        let found: Vec<(&AtomicU64, u32)> = self
+            .find_writer(h, |_| true)
+            .map(|(e, s, _)| (e, s))
+            .collect();
+        for &(entry, slot) in &found {
+            self.release(w, entry, slot);
+        }
+        found.len()
+    }
+
+    fn release(&self, w: &mut MapWriter, entry: &AtomicU64, slot: u32) {
         entry.store(0, Ordering::Release);
         if let Some(r) = self.records.get(slot as usize) {
             // A reader still holding the old entry now sees a new
@@ -274,7 +335,6 @@ impl BindingMap {
             r.clear();
         }
         w.free.push(slot);
-        true
     }
 
     pub fn len(&self, w: &MapWriter) -> u32 {
@@ -300,7 +360,7 @@ impl BindingMap {
     /// The record slot of `h.key` (tests).
     #[cfg(test)]
     pub fn slot_of(&self, h: &KeyHash) -> Option<u32> {
-        self.find_writer(h).map(|(_, s)| s)
+        self.find_writer(h, |_| true).next().map(|(_, s, _)| s)
     }
 
     /// Index entries in use (tests: must equal the binding count).
@@ -326,7 +386,7 @@ mod tests {
     use crate::packet::parse::addr_bits;
     use crate::packet::{ActionSet, IpVersion};
     use crate::tables::record::encode;
-    use crate::tables::types::Grant;
+    use crate::tables::types::{Grant, Restriction};
     use std::net::IpAddr;
 
     fn kh(a: &str) -> KeyHash {
@@ -364,7 +424,7 @@ mod tests {
 
     #[test]
     fn insert_update_remove_lookup() {
-        let (m, mut w) = BindingMap::new(Table::Coupon, 8);
+        let (m, mut w) = BindingMap::new(Table::Coupon, 8, false);
         assert_eq!(
             put(&m, &mut w, "10.0.0.1", &level(3)),
             Ok(Upserted::Inserted)
@@ -383,8 +443,8 @@ mod tests {
         assert_eq!(get(&m, "10.0.0.1"), Some(level(5)));
         assert_eq!(m.generation_of(&kh("10.0.0.1")), Some(g + 1));
         assert_eq!(m.len(&w), 1);
-        assert!(m.remove(&mut w, &kh("10.0.0.1")));
-        assert!(!m.remove(&mut w, &kh("10.0.0.1")));
+        assert_eq!(m.remove(&mut w, &kh("10.0.0.1")), 1);
+        assert_eq!(m.remove(&mut w, &kh("10.0.0.1")), 0);
         assert_eq!(get(&m, "10.0.0.1"), None);
         assert_eq!(m.len(&w), 0);
         assert_eq!(m.entries_in_use(), 0);
@@ -392,7 +452,7 @@ mod tests {
 
     #[test]
     fn v4_and_v6_keys_with_equal_bits_are_distinct() {
-        let (m, mut w) = BindingMap::new(Table::Login, 8);
+        let (m, mut w) = BindingMap::new(Table::Login, 8, false);
         put(&m, &mut w, "0.0.0.7", &level(1)).unwrap();
         put(&m, &mut w, "::7", &level(2)).unwrap();
         put(&m, &mut w, "2001:db8::1", &level(4)).unwrap();
@@ -404,7 +464,7 @@ mod tests {
 
     #[test]
     fn a_full_table_refuses_inserts_with_an_error_but_still_updates() {
-        let (m, mut w) = BindingMap::new(Table::Coupon, 3);
+        let (m, mut w) = BindingMap::new(Table::Coupon, 3, false);
         for i in 1..=3 {
             put(&m, &mut w, &format!("10.0.0.{i}"), &level(1)).unwrap();
         }
@@ -419,7 +479,7 @@ mod tests {
             put(&m, &mut w, "10.0.0.2", &level(2)),
             Ok(Upserted::Updated)
         );
-        assert!(m.remove(&mut w, &kh("10.0.0.1")));
+        assert_eq!(m.remove(&mut w, &kh("10.0.0.1")), 1);
         assert_eq!(
             put(&m, &mut w, "10.0.0.4", &level(1)),
             Ok(Upserted::Inserted)
@@ -429,7 +489,7 @@ mod tests {
 
     #[test]
     fn a_recycled_record_has_a_new_generation_and_another_key() {
-        let (m, mut w) = BindingMap::new(Table::Coupon, 1);
+        let (m, mut w) = BindingMap::new(Table::Coupon, 1, false);
         put(&m, &mut w, "10.0.0.1", &level(1)).unwrap();
         let (slot, g) = (
             m.slot_of(&kh("10.0.0.1")).unwrap(),
@@ -444,7 +504,7 @@ mod tests {
 
     #[test]
     fn memory_is_fixed_at_construction() {
-        let (m, mut w) = BindingMap::new(Table::Coupon, 1000);
+        let (m, mut w) = BindingMap::new(Table::Coupon, 1000, false);
         let before = m.memory_bytes();
         for i in 0..1000u32 {
             let a = std::net::Ipv4Addr::from(0x0a00_0000 + i);
@@ -455,5 +515,56 @@ mod tests {
         assert_eq!(before, 1000 * 64 + 256 * 64 + 1000 * 4);
         assert_eq!(m.entries_in_use(), 1000);
         assert_eq!(IpVersion::V4, kh("10.0.0.1").key.version);
+    }
+
+    #[test]
+    fn a_multi_map_keeps_one_record_per_restriction_and_picks_the_most_specific() {
+        let (m, mut w) = BindingMap::new(Table::Coupon, 8, true);
+        let only = |prefix: Option<(&str, u8)>, port: Option<u16>| Restriction {
+            prefix: prefix.map(|(a, l)| super::super::types::Prefix::new(a.parse().unwrap(), l)),
+            port,
+        };
+        let with = |lvl: u8, r: Restriction| Binding {
+            only_to: Some(r),
+            ..level(lvl)
+        };
+        let any = level(6);
+        let net8 = with(4, only(Some(("192.0.0.0", 8)), None));
+        let net24 = with(3, only(Some(("192.0.2.0", 24)), None));
+        let port = with(2, only(None, Some(443)));
+        for b in [&any, &net8, &net24, &port] {
+            assert_eq!(put(&m, &mut w, "10.0.0.1", b), Ok(Upserted::Inserted));
+        }
+        // The same restriction again replaces in place.
+        let net24b = with(1, only(Some(("192.0.2.0", 24)), None));
+        assert_eq!(put(&m, &mut w, "10.0.0.1", &net24b), Ok(Upserted::Updated));
+        assert_eq!(m.len(&w), 4);
+        let h = kh("10.0.0.1");
+        let best = |dst: &str, p: u16| {
+            let (_, bits) = crate::packet::parse::addr_bits(dst.parse().unwrap());
+            let accept = |d: &Decoded| {
+                d.restrict_net.is_none_or(|(n, mk)| bits & mk == n)
+                    && d.binding
+                        .only_to
+                        .and_then(|r| r.port)
+                        .is_none_or(|q| q == p)
+            };
+            match m.resolve(&h, &m.probe(&h), accept) {
+                Found::Hit { decoded, .. } => Some(decoded.binding),
+                _ => None,
+            }
+        };
+        assert_eq!(best("192.0.2.9", 443), Some(port));
+        assert_eq!(best("192.0.2.9", 80), Some(net24b));
+        assert_eq!(best("192.9.9.9", 80), Some(net8));
+        assert_eq!(best("198.51.100.1", 80), Some(any));
+        // Removing one leaves the others; removing the key removes all.
+        let id = encode(&h.key, &port).unwrap();
+        assert!(m.remove_one(&mut w, &h, &id));
+        assert!(!m.remove_one(&mut w, &h, &id));
+        assert_eq!(best("192.0.2.9", 443), Some(net24b));
+        assert_eq!(m.get(&h).len(), 3);
+        assert_eq!(m.remove(&mut w, &h), 3);
+        assert_eq!((m.len(&w), m.entries_in_use()), (0, 0));
     }
 }

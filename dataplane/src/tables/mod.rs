@@ -191,7 +191,7 @@ pub mod types;
 mod stress;
 
 use exact::{BindingMap, Found, KeyHash, MapWriter, Probe};
-use record::{Key, Words};
+use record::{Decoded, Key, Words};
 pub use snapshot::{EligibilityRule, PrefixPolicy, Snapshot, SpPrefix};
 pub use types::{
     BatchError, Binding, FastDecision, Grant, Op, Prefix, Restriction, Source, Table, TableError,
@@ -323,7 +323,8 @@ pub struct TablesReader {
 
 /// An undo step of a batch.
 enum Undo {
-    Remove(Table, KeyHash),
+    /// Remove the record these words identify.
+    Remove(Table, KeyHash, Words),
     Restore(Table, KeyHash, Words),
 }
 
@@ -334,7 +335,7 @@ impl TablesWriter {
     pub fn new(cfg: TablesConfig) -> Result<TablesWriter, TableError> {
         cfg.validate()?;
         let [(m0, w0), (m1, w1), (m2, w2)] =
-            Table::ALL.map(|t| BindingMap::new(t, cfg.capacity(t)));
+            Table::ALL.map(|t| BindingMap::new(t, cfg.capacity(t), t == Table::Coupon));
         let shared = Arc::new(Shared {
             maps: [m0, m1, m2],
             lines: (0..cfg.validity_lines).map(|_| AtomicU32::new(0)).collect(),
@@ -376,10 +377,26 @@ impl TablesWriter {
         self.upsert_words(table, &h, &words)
     }
 
-    /// Removes `subscriber`'s binding from `table`; false if there was none.
+    /// Removes `subscriber`'s bindings from `table` (in the coupon table,
+    /// all of them); false if there was none.
     pub fn remove(&mut self, table: Table, subscriber: IpAddr) -> bool {
         let h = self.hash(subscriber);
         self.remove_hashed(table, &h)
+    }
+
+    /// Removes the one binding of `subscriber` in `table` with this
+    /// restriction (the coupon table keeps one per restriction; the other
+    /// tables one per subscriber, whatever the restriction); false if there
+    /// was none.
+    pub fn remove_one(
+        &mut self,
+        table: Table,
+        subscriber: IpAddr,
+        only_to: Option<Restriction>,
+    ) -> Result<bool, TableError> {
+        let h = self.hash(subscriber);
+        let words = identity(&h, only_to)?;
+        Ok(self.remove_one_hashed(table, &h, &words))
     }
 
     /// Applies a batch, all or nothing (see the module doc).
@@ -392,8 +409,8 @@ impl TablesWriter {
                     // it was in, where the restored key fitted: these
                     // cannot fail (and are ignored if they somehow did).
                     match u {
-                        Undo::Remove(t, h) => {
-                            self.remove_hashed(t, &h);
+                        Undo::Remove(t, h, w) => {
+                            self.remove_one_hashed(t, &h, &w);
                         }
                         Undo::Restore(t, h, w) => {
                             let _ = self.upsert_words(t, &h, &w);
@@ -415,17 +432,29 @@ impl TablesWriter {
             } => {
                 let h = self.hash(subscriber);
                 let words = record::encode(&h.key, binding)?;
-                let old = self.shared.map(table).get_words(&h);
+                let old = self.shared.map(table).get_words(&h, &words);
                 match (self.upsert_words(table, &h, &words)?, old) {
-                    (Upserted::Inserted, _) => undo.push(Undo::Remove(table, h)),
+                    (Upserted::Inserted, _) => undo.push(Undo::Remove(table, h, words)),
                     (Upserted::Updated, Some(old)) => undo.push(Undo::Restore(table, h, old)),
                     _ => {}
                 }
             }
             Op::Remove { table, subscriber } => {
                 let h = self.hash(subscriber);
-                if let Some(old) = self.shared.map(table).get_words(&h) {
-                    self.remove_hashed(table, &h);
+                for old in self.shared.map(table).all_words(&h) {
+                    self.remove_one_hashed(table, &h, &old);
+                    undo.push(Undo::Restore(table, h, old));
+                }
+            }
+            Op::RemoveOne {
+                table,
+                subscriber,
+                only_to,
+            } => {
+                let h = self.hash(subscriber);
+                let words = identity(&h, only_to)?;
+                if let Some(old) = self.shared.map(table).get_words(&h, &words) {
+                    self.remove_one_hashed(table, &h, &old);
                     undo.push(Undo::Restore(table, h, old));
                 }
             }
@@ -451,6 +480,17 @@ impl TablesWriter {
 
     fn remove_hashed(&mut self, t: Table, h: &KeyHash) -> bool {
         let removed = self.shared.map(t).remove(&mut self.writers[t as usize], h);
+        if removed > 0 {
+            self.bump(h);
+        }
+        removed > 0
+    }
+
+    fn remove_one_hashed(&mut self, t: Table, h: &KeyHash, words: &Words) -> bool {
+        let removed = self
+            .shared
+            .map(t)
+            .remove_one(&mut self.writers[t as usize], h, words);
         if removed {
             self.bump(h);
         }
@@ -464,8 +504,14 @@ impl TablesWriter {
         l.store(l.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
     }
 
-    /// The binding `subscriber` has in `table`, as last written.
+    /// The binding `subscriber` has in `table`, as last written (in the
+    /// coupon table, the most specific one).
     pub fn get(&self, table: Table, subscriber: IpAddr) -> Option<Binding> {
+        self.bindings(table, subscriber).into_iter().next()
+    }
+
+    /// Every binding `subscriber` has in `table`, most specific first.
+    pub fn bindings(&self, table: Table, subscriber: IpAddr) -> Vec<Binding> {
         self.shared.map(table).get(&self.hash(subscriber))
     }
 
@@ -622,21 +668,18 @@ impl TablesReader {
         h: &KeyHash,
         k: &FlowKey,
     ) -> Result<Option<FastDecision>, Contended> {
-        let d = match self.shared.map(t).resolve(h, probe) {
+        let applies = |d: &Decoded| {
+            d.restrict_net.is_none_or(|(net, mask)| k.dst & mask == net)
+                && d.binding
+                    .only_to
+                    .and_then(|r| r.port)
+                    .is_none_or(|p| p == k.dst_port && has_ports(k))
+        };
+        let d = match self.shared.map(t).resolve(h, probe, applies) {
             Found::Hit { decoded, .. } => decoded,
             Found::Miss => return Ok(None),
             Found::Contended => return Err(Contended),
         };
-        if let Some((net, mask)) = d.restrict_net {
-            if k.dst & mask != net {
-                return Ok(None);
-            }
-        }
-        if let Some(p) = d.binding.only_to.and_then(|r| r.port) {
-            if p != k.dst_port {
-                return Ok(None);
-            }
-        }
         Ok(match d.binding.grant {
             Grant::Level { level, actions } => Some(FastDecision {
                 level,
@@ -663,6 +706,25 @@ impl TablesReader {
             Found::Miss | Found::Contended => None,
         }
     }
+}
+
+/// The words that identify `h`'s record with this restriction (the
+/// binding itself does not matter).
+fn identity(h: &KeyHash, only_to: Option<Restriction>) -> Result<Words, TableError> {
+    record::encode(
+        &h.key,
+        &Binding {
+            only_to,
+            ..Binding::default()
+        },
+    )
+}
+
+/// Whether a flow's protocol has ports (port-restricted rows match only
+/// those).
+#[inline]
+fn has_ports(k: &FlowKey) -> bool {
+    k.proto == PROTO_TCP || k.proto == PROTO_UDP
 }
 
 /// A binding record kept changing during a classification.

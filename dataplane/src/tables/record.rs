@@ -155,6 +155,32 @@ pub(super) fn holds(w: &Words, key: &Key) -> bool {
     key.matches(w)
 }
 
+/// The bits of w7 that hold the restriction (prefix length and port).
+const RESTRICT_BITS: u64 = (NO_RLEN << RLEN_SHIFT) | (0xffff << RPORT_SHIFT);
+
+/// Whether `stored` (a live record) is the record `new` replaces: the same
+/// key and, in a map with several records per key, the same restriction.
+pub(super) fn same_identity(stored: &Words, new: &Words, by_restriction: bool) -> bool {
+    stored[0] & KEY_BITS == new[0] & KEY_BITS
+        && stored[0] & LIVE != 0
+        && stored[1] == new[1]
+        && stored[2] == new[2]
+        && (!by_restriction
+            || (stored[5] == new[5]
+                && stored[6] == new[6]
+                && stored[7] & RESTRICT_BITS == new[7] & RESTRICT_BITS))
+}
+
+/// How specific a record's restriction is, for picking among several
+/// records of one key: a port beats no port, then the longer prefix, then
+/// a prefix beats none (the control plane's coupon rank).
+#[inline]
+pub(super) fn specificity(w: &Words) -> (bool, i16) {
+    let rlen = (w[7] >> RLEN_SHIFT) & 0xff;
+    let rport = (w[7] >> RPORT_SHIFT) & 0xffff;
+    (rport != 0, if rlen == NO_RLEN { -1 } else { rlen as i16 })
+}
+
 /// Packs `key -> b`, checking everything the packing and the fast path
 /// rely on.
 pub(super) fn encode(key: &Key, b: &Binding) -> Result<Words, TableError> {

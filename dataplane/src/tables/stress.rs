@@ -256,10 +256,16 @@ fn arb_op() -> impl Strategy<Value = Op> {
                     subscriber: a,
                     binding,
                 }
-            } else {
+            } else if bad % 2 == 0 {
                 Op::Remove {
                     table,
                     subscriber: a,
+                }
+            } else {
+                Op::RemoveOne {
+                    table,
+                    subscriber: a,
+                    only_to: binding.only_to,
                 }
             }
         })
@@ -273,7 +279,26 @@ fn arb_test_op() -> impl Strategy<Value = TestOp> {
     ]
 }
 
-type Oracle = HashMap<(Table, IpAddr), Binding>;
+/// What tells two records of one key apart: the restriction, in the
+/// coupon table only.
+type RKey = Option<Restriction>;
+
+fn rkey(table: Table, only_to: Option<Restriction>) -> RKey {
+    only_to.filter(|_| table == Table::Coupon)
+}
+
+type Oracle = HashMap<(Table, IpAddr, RKey), Binding>;
+
+/// The oracle's bindings of one key, in a canonical order.
+fn oracle_bindings(o: &Oracle, table: Table, subscriber: IpAddr) -> Vec<String> {
+    let mut v: Vec<String> = o
+        .iter()
+        .filter(|((t, a, _), _)| *t == table && *a == subscriber)
+        .map(|(_, b)| format!("{b:?}"))
+        .collect();
+    v.sort();
+    v
+}
 
 /// The oracle's answer to one op: `Err` if the tables must refuse it.
 fn oracle_apply(o: &mut Oracle, op: &Op, cap: usize) -> Result<(), ()> {
@@ -286,14 +311,22 @@ fn oracle_apply(o: &mut Oracle, op: &Op, cap: usize) -> Result<(), ()> {
             if matches!(binding.grant, Grant::Level { level, .. } if level > MAX_LEVEL) {
                 return Err(());
             }
-            let len = o.keys().filter(|(t, _)| *t == table).count();
-            if !o.contains_key(&(table, subscriber)) && len == cap {
+            let k = (table, subscriber, rkey(table, binding.only_to));
+            let len = o.keys().filter(|(t, _, _)| *t == table).count();
+            if !o.contains_key(&k) && len == cap {
                 return Err(());
             }
-            o.insert((table, subscriber), binding);
+            o.insert(k, binding);
         }
         Op::Remove { table, subscriber } => {
-            o.remove(&(table, subscriber));
+            o.retain(|(t, a, _), _| (*t, *a) != (table, subscriber));
+        }
+        Op::RemoveOne {
+            table,
+            subscriber,
+            only_to,
+        } => {
+            o.remove(&(table, subscriber, rkey(table, only_to)));
         }
     }
     Ok(())
@@ -333,13 +366,18 @@ proptest! {
             for i in 0..24 {
                 let a = subscriber(i);
                 for t in Table::ALL {
-                    let want = oracle.get(&(t, a)).copied();
-                    prop_assert_eq!(r.lookup(t, a).map(|x| x.0), want);
-                    prop_assert_eq!(w.get(t, a), want);
+                    let want = oracle_bindings(&oracle, t, a);
+                    let mut got: Vec<String> =
+                        w.bindings(t, a).iter().map(|b| format!("{b:?}")).collect();
+                    got.sort();
+                    prop_assert_eq!(&got, &want);
+                    let seen = r.lookup(t, a).map(|x| format!("{:?}", x.0));
+                    prop_assert_eq!(seen.is_some(), !want.is_empty());
+                    prop_assert!(seen.is_none_or(|b| want.contains(&b)));
                 }
             }
             for t in Table::ALL {
-                prop_assert_eq!(w.len(t) as usize, oracle.keys().filter(|(x, _)| *x == t).count());
+                prop_assert_eq!(w.len(t) as usize, oracle.keys().filter(|(x, _, _)| *x == t).count());
                 prop_assert_eq!(w.shared.map(t).entries_in_use(), w.len(t) as usize);
             }
         }

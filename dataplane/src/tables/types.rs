@@ -181,8 +181,17 @@ pub enum Op {
         subscriber: IpAddr,
         binding: Binding,
     },
-    /// Remove; removing an absent key is not an error.
+    /// Remove every binding of `subscriber` in `table`; removing an absent
+    /// key is not an error.
     Remove { table: Table, subscriber: IpAddr },
+    /// Remove the binding of `subscriber` with this restriction (in the
+    /// coupon table, which keeps one per restriction; elsewhere the same as
+    /// `Remove`); absent is not an error.
+    RemoveOne {
+        table: Table,
+        subscriber: IpAddr,
+        only_to: Option<Restriction>,
+    },
 }
 
 /// What an upsert did.
