@@ -10,7 +10,12 @@
 //!   each gets exactly one response line. A line longer than
 //!   [`MAX_LINE_BYTES`] is answered with an error and skipped up to its end,
 //!   without buffering it.
-//! - The loop wakes at least every 100 ms to notice the stop flag.
+//! - The loop wakes at least every 100 ms to notice the stop flag, and
+//!   once a second removes the coupons that have expired (a journaled
+//!   batch like any other), so an expired coupon stops granting within a
+//!   second.
+//! - Every accepted change reaches the [`Dataplane`] before its response
+//!   is sent: an acknowledged change is already in the workers' tables.
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -22,8 +27,30 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use thiserror::Error;
 
-use crate::policy::protocol::{ProtocolError, Response, MAX_LINE_BYTES};
-use crate::policy::Policy;
+use crate::policy::protocol::{parse_request, ProtocolError, Request, Response, MAX_LINE_BYTES};
+use crate::policy::{Change, Policy, PolicyState, Touched};
+
+/// What the control thread drives besides the policy: the appliance's
+/// fast-path tables. The unit type is a dataplane that does nothing
+/// (tests, dry runs).
+pub trait Dataplane {
+    /// `state` has just accepted a batch that touched `touched` (computed
+    /// before the batch): bring the fast tables in line. Runs before the
+    /// response is sent.
+    fn applied(&mut self, state: &PolicyState, touched: &Touched);
+
+    /// Extra `stats` for the response: table fill, memory, counters.
+    fn stats(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+impl Dataplane for () {
+    fn applied(&mut self, _: &PolicyState, _: &Touched) {}
+}
+
+/// How often expired coupons are removed.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 const LISTENER: Token = Token(0);
 const MAX_CONNECTIONS: usize = 64;
@@ -103,18 +130,17 @@ impl ControlServer {
         &self.path
     }
 
-    /// Serves requests until `stop` is raised. `on_applied` runs after every
-    /// request that changed the policy (its sequence number moved), before
-    /// the response is sent: that is where the fast-path tables are updated,
-    /// so an acknowledged change is already visible to the workers.
-    pub fn run(
-        &mut self,
-        policy: &mut Policy,
-        stop: &AtomicBool,
-        mut on_applied: impl FnMut(&Policy),
-    ) {
+    /// Serves requests until `stop` is raised. `dp` sees every accepted
+    /// change before its response is sent, so an acknowledged change is
+    /// already visible to the workers.
+    pub fn run(&mut self, policy: &mut Policy, stop: &AtomicBool, dp: &mut impl Dataplane) {
         let mut events = Events::with_capacity(64);
+        let mut last_sweep = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if last_sweep.elapsed() >= EXPIRY_SWEEP {
+                last_sweep = std::time::Instant::now();
+                sweep_expired(policy, dp);
+            }
             if let Err(e) = self
                 .poll
                 .poll(&mut events, Some(Duration::from_millis(100)))
@@ -133,7 +159,7 @@ impl ControlServer {
                 let token = ev.token();
                 if let Some(conn) = self.conns.get_mut(&token) {
                     if ev.is_readable() {
-                        serve(conn, policy, &mut on_applied);
+                        serve(conn, policy, dp);
                     }
                     flush(conn);
                     if conn.closed && conn.wbuf.is_empty() {
@@ -206,7 +232,33 @@ fn respond(conn: &mut Conn, r: &Response) {
 }
 
 /// Reads what is available, answering every complete line.
-fn serve(conn: &mut Conn, policy: &mut Policy, on_applied: &mut impl FnMut(&Policy)) {
+/// Removes the coupons expired by now, as a journaled batch.
+fn sweep_expired(policy: &mut Policy, dp: &mut impl Dataplane) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let batch = policy.state().expired_coupons(now);
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = apply(policy, dp, &batch) {
+        log::warn!("removing {} expired coupon(s): {e}", batch.len());
+    }
+}
+
+/// Commits `batch` and passes it on to the dataplane.
+fn apply(
+    policy: &mut Policy,
+    dp: &mut impl Dataplane,
+    batch: &[Change],
+) -> Result<crate::policy::Applied, crate::policy::CommitError> {
+    let touched = policy.state().touched(batch);
+    let a = policy.commit(batch)?;
+    dp.applied(policy.state(), &touched);
+    Ok(a)
+}
+
+fn serve(conn: &mut Conn, policy: &mut Policy, dp: &mut impl Dataplane) {
     let mut chunk = [0u8; 64 * 1024];
     loop {
         match conn.stream.read(&mut chunk) {
@@ -238,7 +290,7 @@ fn serve(conn: &mut Conn, policy: &mut Policy, on_applied: &mut impl FnMut(&Poli
                             conn.discarding = false;
                         } else {
                             let line = std::mem::take(&mut conn.rbuf);
-                            handle(conn, policy, on_applied, &line);
+                            handle(conn, policy, dp, &line);
                         }
                     }
                     data = rest;
@@ -254,7 +306,7 @@ fn serve(conn: &mut Conn, policy: &mut Policy, on_applied: &mut impl FnMut(&Poli
     }
 }
 
-fn handle(conn: &mut Conn, policy: &mut Policy, on_applied: &mut impl FnMut(&Policy), line: &[u8]) {
+fn handle(conn: &mut Conn, policy: &mut Policy, dp: &mut impl Dataplane, line: &[u8]) {
     let text = match std::str::from_utf8(line) {
         Ok(t) => t.trim(),
         Err(_) => {
@@ -268,11 +320,18 @@ fn handle(conn: &mut Conn, policy: &mut Policy, on_applied: &mut impl FnMut(&Pol
     if text.is_empty() {
         return;
     }
-    let before = policy.state().seq();
-    let response = policy.handle_line(text);
-    if policy.state().seq() != before {
-        on_applied(policy);
-    }
+    let response = match parse_request(text) {
+        Err(e) => Response::error(e),
+        Ok(Request::Apply { op, changes }) => match apply(policy, dp, &changes) {
+            Ok(a) => Response::applied(a),
+            Err(e) => Response::commit_error(op, e),
+        },
+        Ok(Request::Stats) => Response {
+            dataplane: dp.stats(),
+            ..policy.execute(Request::Stats)
+        },
+        Ok(req) => policy.execute(req),
+    };
     respond(conn, &response);
 }
 
@@ -311,7 +370,7 @@ mod tests {
         let s = Arc::clone(&stop);
         let h = std::thread::spawn(move || {
             let mut policy = Policy::in_memory();
-            server.run(&mut policy, &s, |_| {});
+            server.run(&mut policy, &s, &mut ());
             policy
         });
         (path, stop, h)

@@ -185,7 +185,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
         let stop = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("sluice-control".into())
-            .spawn(move || server.run(&mut policy, &stop, |_| {}))
+            .spawn(move || server.run(&mut policy, &stop, &mut ()))
             .expect("spawn the control thread")
     };
     if launch_error.is_none() {

@@ -18,6 +18,7 @@ pub mod app;
 pub mod classify;
 pub mod dpdk;
 pub mod flow;
+pub mod mirror;
 pub mod packet;
 pub mod stats;
 pub mod tables;

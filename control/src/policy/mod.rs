@@ -72,7 +72,10 @@ pub use model::{
     LoginBinding, ModelError, Mss, Port, Prefix, Rate, SpAllocation, SpMatch, Table, Tier,
 };
 pub use protocol::{parse_request, BatchOp, ProtocolError, Request, Response, MAX_LINE_BYTES};
-pub use state::{Applied, BatchError, FlowQuery, PolicyState, Source, TableInfo};
+pub use state::{
+    Applied, BatchError, FlowQuery, PolicyState, Source, TableInfo, Touched,
+    MAX_COUPONS_PER_SUBSCRIBER,
+};
 pub use store::{CommitError, LoadReport, Store, StoreError, StoreOptions, StoreStats};
 
 /// A policy and, unless it lives in memory only, its store: what the
@@ -134,10 +137,7 @@ impl Policy {
         match req {
             Request::Apply { op, changes } => match self.commit(&changes) {
                 Ok(a) => Response::applied(a),
-                Err(CommitError::Rejected(e)) => Response::error(ProtocolError::from_batch(op, &e)),
-                Err(CommitError::Store(e)) => {
-                    Response::error(ProtocolError::new(None, "", format!("not applied: {e}")))
-                }
+                Err(e) => Response::commit_error(op, e),
             },
             Request::Get { key } => match self.state.get(&key) {
                 Some(e) => Response::entry(e),

@@ -81,7 +81,7 @@ use thiserror::Error;
 
 use super::model::{strip_position, Change, Entry, Key, ModelError, Table};
 use super::state::{Applied, BatchError, TableInfo};
-use super::store::StoreStats;
+use super::store::{CommitError, StoreStats};
 
 /// The longest request line accepted, newline excluded: 4 MiB, so that a
 /// batch of 10,000 bindings fits in one request (a coupon with every field
@@ -489,6 +489,10 @@ pub struct Response {
     pub tables: Option<Vec<TableInfo>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreStats>,
+    /// `stats` from a running appliance: the fast-path tables and the
+    /// workers' counters (see [`crate::server::Dataplane::stats`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ProtocolError>,
 }
@@ -536,6 +540,17 @@ impl Response {
             tables: Some(tables),
             store,
             ..Response::default()
+        }
+    }
+
+    /// A batch that was not applied: refused (the error points into the
+    /// request) or not made durable.
+    pub fn commit_error(op: BatchOp, e: CommitError) -> Response {
+        match e {
+            CommitError::Rejected(e) => Response::error(ProtocolError::from_batch(op, &e)),
+            CommitError::Store(e) => {
+                Response::error(ProtocolError::new(None, "", format!("not applied: {e}")))
+            }
         }
     }
 

@@ -99,6 +99,24 @@ pub struct BatchError {
     pub reason: String,
 }
 
+/// The most coupons one subscriber can hold at once. The dataplane keeps a
+/// subscriber's coupons side by side in its coupon map (one record each,
+/// in the key's two index buckets of eight entries, shared with other
+/// keys), so the number is bounded; four (say video, gaming, voice and
+/// one spare) leaves those buckets room even in a full table.
+pub const MAX_COUPONS_PER_SUBSCRIBER: usize = 4;
+
+/// What a batch touches in the fast-path tables: the subscribers whose
+/// coupon or login rows change (before or after the batch), and whether
+/// any prefix-wide row (tier, SP allocation, eligibility, default) does.
+/// Computed from the state *before* the batch ([`PolicyState::touched`]),
+/// which still knows the subscriber of a coupon being removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub subscribers: Vec<IpAddr>,
+    pub prefix_policy: bool,
+}
+
 /// What an accepted batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Applied {
@@ -225,6 +243,10 @@ impl<K: Ord, V> VecMap<K, V> {
 
     fn remove(&mut self, k: &K) -> Option<V> {
         self.find(k).ok().map(|i| self.0.remove(i).1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
     }
 
     fn is_empty(&self) -> bool {
@@ -458,6 +480,24 @@ impl PolicyState {
     fn check_entry(&self, e: &Entry, updating: bool) -> Result<(), (String, String)> {
         match e {
             Entry::Coupon(c) => {
+                let held = self
+                    .coupon_match
+                    .get(&c.subscriber())
+                    .map_or(0, |m| m.len());
+                let own = updating
+                    && self
+                        .coupons
+                        .get(c.id())
+                        .is_some_and(|o| o.subscriber() == c.subscriber());
+                if held >= MAX_COUPONS_PER_SUBSCRIBER && !own {
+                    return Err(reject(
+                        "subscriber",
+                        format!(
+                            "{} already holds {held} coupons, the most one subscriber can hold",
+                            c.subscriber()
+                        ),
+                    ));
+                }
                 if let Some(other) = self
                     .coupon_match
                     .get(&c.subscriber())
@@ -862,6 +902,53 @@ impl PolicyState {
 
     pub fn generations(&self) -> [u64; 6] {
         self.generations
+    }
+
+    /// What `batch` would touch in the fast-path tables (see [`Touched`]);
+    /// call before applying it. Subscribers are listed once each.
+    pub fn touched(&self, batch: &[Change]) -> Touched {
+        let mut t = Touched::default();
+        let mut add = |a: IpAddr| t.subscribers.push(a);
+        let mut prefix_policy = false;
+        for c in batch {
+            match c {
+                Change::Add(Entry::Coupon(b)) | Change::Update(Entry::Coupon(b)) => {
+                    add(b.subscriber());
+                    if let Some(old) = self.coupons.get(b.id()) {
+                        add(old.subscriber());
+                    }
+                }
+                Change::Remove(Key::Coupon(id)) => {
+                    if let Some(old) = self.coupons.get(id) {
+                        add(old.subscriber());
+                    }
+                }
+                Change::Add(Entry::Login(l)) | Change::Update(Entry::Login(l)) => {
+                    add(l.subscriber())
+                }
+                Change::Remove(Key::Login(a)) => add(*a),
+                _ => prefix_policy = true,
+            }
+        }
+        t.prefix_policy = prefix_policy;
+        t.subscribers.sort_unstable();
+        t.subscribers.dedup();
+        t
+    }
+
+    /// The coupons bound to `subscriber` (expired ones included until they
+    /// are removed).
+    pub fn coupons_of(&self, subscriber: IpAddr) -> impl Iterator<Item = &CouponBinding> {
+        self.coupon_match
+            .get(&subscriber)
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter_map(|(_, id)| self.coupons.get(id))
+    }
+
+    /// The login bound to `subscriber`.
+    pub fn login(&self, subscriber: IpAddr) -> Option<&LoginBinding> {
+        self.logins.get(&subscriber)
     }
 
     /// `remove` changes for the coupons expired at `now`, for the control

@@ -639,14 +639,16 @@ impl TablesReader {
         // the line version was loaded before, so a change after these loads
         // makes the stamp stale.
         let probes = Table::ALL.map(|t| self.shared.map(t).probe(h));
+        // Port-specific rows match TCP and UDP only.
+        let port = if has_ports(k) { k.dst_port } else { 0 };
         let [sp, coupon, login] = &probes;
         if let Some(d) = self.bound(Table::SpAddress, sp, snap, h, k)? {
             return Ok((d, Source::SpAddress));
         }
-        if let Some(d) = snap.sp.lookup(k.version, k.dst, k.dst_port) {
+        if let Some(d) = snap.sp.lookup(k.version, k.dst, port) {
             return Ok((*d, Source::SpPrefix));
         }
-        if snap.is_eligible(k.version, k.dst, k.dst_port) {
+        if snap.is_eligible(k.version, k.dst, port) {
             if let Some(d) = self.bound(Table::Coupon, coupon, snap, h, k)? {
                 return Ok((d, Source::Coupon));
             }
@@ -735,7 +737,7 @@ struct Contended;
 /// flows that start upstream, to an address of the flow's family; MSS
 /// clamping for TCP.
 #[inline]
-fn fit(mut a: ActionSet, k: &FlowKey) -> ActionSet {
+pub(crate) fn fit(mut a: ActionSet, k: &FlowKey) -> ActionSet {
     let remappable =
         (k.proto == PROTO_TCP || k.proto == PROTO_UDP) && k.direction == Direction::Upstream;
     if !remappable {

@@ -1,0 +1,340 @@
+//! Keeps the workers' lock-free tables ([`crate::tables`]) equal to the
+//! control plane's policy ([`PolicyState`]).
+//!
+//! The control thread owns the one [`Mirror`] (and with it the tables'
+//! single writer). At start-up [`Mirror::load`] copies the whole stored
+//! policy before any worker starts; after every accepted batch
+//! [`Mirror::sync`] rewrites what the batch touched, before the control
+//! socket acknowledges it:
+//! - **per subscriber** (coupon and login rows): the subscriber's coupon
+//!   records and login record are recomputed from the state and written
+//!   as one table batch (records that did not change are not rewritten, so
+//!   they invalidate no flow);
+//! - **prefix-wide rows** (tiers, SP allocations, eligibility, the
+//!   default): a new prefix snapshot is compiled from the whole state and
+//!   published (every flow re-classifies once).
+//!
+//! # How the policy maps onto the tables
+//! | policy | tables |
+//! |---|---|
+//! | coupon (subscriber, dst?, port?) | coupon map record, restriction = (dst, port) |
+//! | login (subscriber -> tier) | login map record, [`Grant::Tier`] |
+//! | tier | `PrefixPolicy::tiers[index]`; indices are stable while a tier lives |
+//! | SP allocation on a prefix | `sp_prefixes` entry (prefix, port) |
+//! | SP allocation on one address | `sp_prefixes` host entry (/32, /128); see below |
+//! | eligibility rule | `eligibility` entry; no rule at all = all eligible |
+//! | default | `default` |
+//!
+//! The policy checks an SP allocation on an exact address before any
+//! prefix, even a host-length one; the snapshot has one longest-prefix
+//! lookup. So for an address with both kinds of host entry, the entries
+//! are merged: per port, the address allocation on that port, else the
+//! address allocation for any port, else the host-prefix one on that port;
+//! for any port, the address one, else the host-prefix one. That is the
+//! policy's order exactly.
+//!
+//! The SP-address map of the tables (allocations keyed by the
+//! *subscriber*) has no policy row: the policy's per-IP allocations are
+//! keyed by the provider's address, which is a destination.
+//!
+//! Expiry: the fast path does not look at a coupon's expiry; the control
+//! thread removes expired coupons once a second, and the removal reaches
+//! the tables like any change.
+//!
+//! Rates: a decision's rate is not mapped to a meter yet (the scheduler
+//! and meters are a later piece of work); every flow is unmetered.
+//!
+//! # Failures
+//! The policy refuses what the tables cannot hold in the same way (per
+//! subscriber coupon limit, validation). What can still fail is capacity:
+//! the tables are sized by the config, the policy store is not. A
+//! subscriber whose records do not fit keeps what it had, the failure is
+//! counted and logged ([`MirrorStats::errors`]), and the next change to
+//! that subscriber tries again.
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+use sluice_control::policy::{self, PolicyState, Touched};
+
+use crate::packet::{ActionSet, Dscp};
+use crate::tables::{
+    Binding, EligibilityRule, FastDecision, Grant, Op, Prefix, PrefixPolicy, Restriction, SpPrefix,
+    Table, TableError, TablesConfig, TablesReader, TablesWriter,
+};
+
+/// Counters of the mirror (read by `stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MirrorStats {
+    /// Batches synced (and the initial load).
+    pub syncs: u64,
+    /// Subscribers re-derived.
+    pub subscribers: u64,
+    /// Table operations written (upserts and removals).
+    pub ops: u64,
+    /// Prefix snapshots published.
+    pub publishes: u64,
+    /// Subscribers or snapshots the tables refused.
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// The tables' writer and what maps policy names to table indices.
+pub struct Mirror {
+    writer: TablesWriter,
+    /// Tier name -> index in the snapshot's tier list.
+    tiers: HashMap<String, u16>,
+    free_tiers: Vec<u16>,
+    stats: MirrorStats,
+}
+
+impl Mirror {
+    /// Builds the tables and copies `state` into them.
+    pub fn load(cfg: TablesConfig, state: &PolicyState) -> Result<Mirror, TableError> {
+        let mut m = Mirror {
+            writer: TablesWriter::new(cfg)?,
+            tiers: HashMap::new(),
+            free_tiers: Vec::new(),
+            stats: MirrorStats::default(),
+        };
+        m.publish(state)?;
+        let mut subscribers: Vec<IpAddr> = state
+            .coupons()
+            .map(|c| c.subscriber())
+            .chain(state.logins().map(|l| l.subscriber()))
+            .collect();
+        subscribers.sort_unstable();
+        subscribers.dedup();
+        for s in subscribers {
+            let ops = m.ops_for(state, s);
+            m.writer
+                .apply(&ops)
+                .map_err(|e| e.error)
+                .inspect(|_| m.stats.ops += ops.len() as u64)?;
+        }
+        m.stats.syncs += 1;
+        Ok(m)
+    }
+
+    /// A handle for one worker.
+    pub fn reader(&self) -> TablesReader {
+        self.writer.reader()
+    }
+
+    pub fn writer(&self) -> &TablesWriter {
+        &self.writer
+    }
+
+    pub fn stats(&self) -> &MirrorStats {
+        &self.stats
+    }
+
+    /// Brings the tables in line with `state` after a batch that touched
+    /// `touched`. Never fails: see the module doc.
+    pub fn sync(&mut self, state: &PolicyState, touched: &Touched) {
+        self.stats.syncs += 1;
+        // The snapshot first: a login naming a new tier needs its index.
+        if touched.prefix_policy {
+            if let Err(e) = self.publish(state) {
+                self.failed(format!("prefix snapshot not published: {e}"));
+            }
+        }
+        for &s in &touched.subscribers {
+            let ops = self.ops_for(state, s);
+            self.stats.subscribers += 1;
+            match self.writer.apply(&ops) {
+                Ok(()) => self.stats.ops += ops.len() as u64,
+                Err(e) => self.failed(format!("subscriber {s}: {e}")),
+            }
+        }
+    }
+
+    fn failed(&mut self, why: String) {
+        log::error!("fast tables out of step with the policy: {why}");
+        self.stats.errors += 1;
+        self.stats.last_error = Some(why);
+    }
+
+    /// The table operations that make `s`'s records equal to the state's.
+    fn ops_for(&mut self, state: &PolicyState, s: IpAddr) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let want: Vec<Binding> = state.coupons_of(s).map(coupon_binding).collect();
+        for old in self.writer.bindings(Table::Coupon, s) {
+            if !want.iter().any(|b| b.only_to == old.only_to) {
+                ops.push(Op::RemoveOne {
+                    table: Table::Coupon,
+                    subscriber: s,
+                    only_to: old.only_to,
+                });
+            }
+        }
+        ops.extend(want.into_iter().map(|binding| Op::Upsert {
+            table: Table::Coupon,
+            subscriber: s,
+            binding,
+        }));
+        match state.login(s).and_then(|l| self.tiers.get(l.tier())) {
+            Some(&tier) => ops.push(Op::Upsert {
+                table: Table::Login,
+                subscriber: s,
+                binding: Binding {
+                    grant: Grant::Tier(tier),
+                    meter: None,
+                    only_to: None,
+                },
+            }),
+            None => ops.push(Op::Remove {
+                table: Table::Login,
+                subscriber: s,
+            }),
+        }
+        ops
+    }
+
+    /// Compiles the prefix-wide rows into a snapshot and publishes it.
+    fn publish(&mut self, state: &PolicyState) -> Result<(), TableError> {
+        // Stable tier indices: a live tier keeps its index.
+        let live: HashMap<&str, ()> = state.tiers().map(|t| (t.name(), ())).collect();
+        let gone: Vec<String> = self
+            .tiers
+            .keys()
+            .filter(|n| !live.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        for n in gone {
+            if let Some(i) = self.tiers.remove(&n) {
+                self.free_tiers.push(i);
+            }
+        }
+        for t in state.tiers() {
+            if !self.tiers.contains_key(t.name()) {
+                let i = match self.free_tiers.pop() {
+                    Some(i) => i,
+                    None => u16::try_from(self.tiers.len()).map_err(|_| TableError::Config {
+                        what: "tiers",
+                        value: self.tiers.len() as u64,
+                        expected: "at most 65536",
+                    })?,
+                };
+                self.tiers.insert(t.name().to_string(), i);
+            }
+        }
+        let n = self.tiers.values().map(|&i| usize::from(i) + 1).max();
+        let mut tiers = vec![FastDecision::default(); n.unwrap_or(0)];
+        for t in state.tiers() {
+            if let Some(slot) = self
+                .tiers
+                .get(t.name())
+                .and_then(|&i| tiers.get_mut(usize::from(i)))
+            {
+                *slot = fast(t.decision());
+            }
+        }
+        let p = PrefixPolicy {
+            sp_prefixes: sp_prefixes(state),
+            eligibility: state
+                .eligibility_rules()
+                .map(|r| EligibilityRule {
+                    prefix: prefix(r.dst()),
+                    port: r.port().map(policy::Port::get),
+                    eligible: true,
+                })
+                .collect(),
+            default_eligible: state.eligibility_rules().len() == 0,
+            tiers,
+            default: fast(state.default_decision()),
+        };
+        self.writer.publish(&p)?;
+        self.stats.publishes += 1;
+        Ok(())
+    }
+}
+
+/// A policy decision as the fast path applies it.
+pub fn fast(d: &policy::Decision) -> FastDecision {
+    let a = d.actions();
+    FastDecision {
+        level: d.level().number(),
+        actions: ActionSet {
+            dscp: d.dscp().and_then(|v| Dscp::new(v.value())),
+            dst_port: a.dst_port.map(policy::Port::get),
+            dst_addr: a.dst_addr,
+            mss_clamp: a.mss_clamp.map(policy::Mss::get),
+        },
+        meter: None,
+    }
+}
+
+fn prefix(p: policy::Prefix) -> Prefix {
+    let net = p.net();
+    Prefix::new(net.network(), net.prefix_len())
+}
+
+fn coupon_binding(c: &policy::CouponBinding) -> Binding {
+    let d = fast(c.decision());
+    let only_to = Restriction {
+        prefix: c.dst().map(prefix),
+        port: c.port().map(policy::Port::get),
+    };
+    Binding {
+        grant: Grant::Level {
+            level: d.level,
+            actions: d.actions,
+        },
+        meter: None,
+        only_to: (only_to != Restriction::default()).then_some(only_to),
+    }
+}
+
+/// The SP allocations as prefix entries, address allocations merged with
+/// host-length prefix ones as the module doc says.
+fn sp_prefixes(state: &PolicyState) -> Vec<SpPrefix> {
+    // (prefix, port) -> (decision, from an address allocation)
+    let mut by_prefix: HashMap<(Prefix, Option<u16>), (FastDecision, bool)> = HashMap::new();
+    let mut addrs: HashMap<IpAddr, ()> = HashMap::new();
+    for a in state.sp_allocations() {
+        let port = a.port().map(policy::Port::get);
+        let (p, is_addr) = match a.target() {
+            policy::SpMatch::Ip(ip) => {
+                addrs.insert(ip, ());
+                (Prefix::new(ip, if ip.is_ipv4() { 32 } else { 128 }), true)
+            }
+            policy::SpMatch::Prefix(p) => (prefix(p), false),
+        };
+        let d = fast(a.decision());
+        by_prefix
+            .entry((p, port))
+            .and_modify(|e| {
+                if is_addr {
+                    *e = (d, true);
+                }
+            })
+            .or_insert((d, is_addr));
+    }
+    // An address allocation for any port beats a host-prefix one on a port.
+    for ip in addrs.keys() {
+        let host = Prefix::new(*ip, if ip.is_ipv4() { 32 } else { 128 });
+        let Some(&(any, true)) = by_prefix.get(&(host, None)) else {
+            continue;
+        };
+        for ((p, port), e) in by_prefix.iter_mut() {
+            if *p == host && port.is_some() && !e.1 {
+                *e = (any, true);
+            }
+        }
+    }
+    let mut v: Vec<SpPrefix> = by_prefix
+        .into_iter()
+        .map(|((prefix, port), (decision, _))| SpPrefix {
+            prefix,
+            port,
+            decision,
+        })
+        .collect();
+    // A stable order: the snapshot is the same for the same policy.
+    v.sort_by_key(|e| (e.prefix.addr, e.prefix.len, e.port));
+    v
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,354 @@
+//! The mirror against the reference: after any sequence of batches, the
+//! workers' tables classify every flow as [`PolicyState::classify`] does.
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+use sluice_control::policy::{parse_request, FlowQuery, Policy, Request, Source as PSource};
+
+use super::*;
+use crate::packet::{FlowKey, PROTO_TCP, PROTO_UDP};
+use crate::stats::Direction;
+use crate::tables::Source;
+
+const SUBSCRIBERS: [&str; 5] = [
+    "10.0.0.1",
+    "10.0.0.2",
+    "10.0.0.3",
+    "2001:db8::1",
+    "2001:db8::2",
+];
+const DESTINATIONS: [&str; 7] = [
+    "192.0.2.1",
+    "192.0.2.130",
+    "192.0.2.7",
+    "198.51.100.1",
+    "203.0.113.9",
+    "2001:db8:f::1",
+    "2001:db8:f::2",
+];
+const V4_PREFIXES: [&str; 6] = [
+    "192.0.2.0/24",
+    "192.0.2.128/25",
+    "192.0.2.1/32",
+    "192.0.0.0/8",
+    "0.0.0.0/0",
+    "198.51.100.0/24",
+];
+const V6_PREFIXES: [&str; 3] = ["2001:db8:f::/48", "2001:db8:f::1/128", "::/0"];
+
+fn pick<T: Copy>(xs: &[T], i: usize) -> T {
+    xs[i % xs.len()]
+}
+
+fn v6(a: &str) -> bool {
+    a.contains(':')
+}
+
+/// A decision as JSON; `v6` picks the family of a remap address.
+fn decision(r: &[usize; 6], v6: bool, remap_addr: bool) -> String {
+    let level = r[0] % 8;
+    let mut d = format!(r#"{{"level":{level}"#);
+    match r[1] % 3 {
+        0 => d.push_str(r#","dscp":"level""#),
+        1 => d.push_str(&format!(r#","dscp":{}"#, r[2] % 64)),
+        _ => {}
+    }
+    if r[3] % 3 == 0 {
+        d.push_str(&format!(r#","dst_port":{}"#, 8000 + r[3] % 7));
+    }
+    if remap_addr && r[4] % 3 == 0 {
+        d.push_str(if v6 {
+            r#","dst_addr":"2001:db8:e::5""#
+        } else {
+            r#","dst_addr":"198.18.0.5""#
+        });
+    }
+    if r[5] % 4 == 0 {
+        d.push_str(&format!(r#","mss_clamp":{}"#, 1200 + r[5] % 100));
+    }
+    d.push('}');
+    d
+}
+
+fn port(i: usize) -> String {
+    match i % 3 {
+        0 => String::new(),
+        1 => r#","port":80"#.into(),
+        _ => r#","port":443"#.into(),
+    }
+}
+
+/// One request line from random numbers; many are refused (unknown
+/// tier, duplicate key, ...), which is part of the test.
+fn request(r: [usize; 10]) -> String {
+    let op = ["add", "add", "add", "update", "remove"][r[0] % 5];
+    let d6 = [r[4], r[5], r[6], r[7], r[8], r[9]];
+    match r[1] % 6 {
+        0 | 1 => {
+            let id = format!("c{}", r[2] % 8);
+            if op == "remove" {
+                return format!(r#"{{"op":"remove","table":"coupon","key":{{"id":"{id}"}}}}"#);
+            }
+            let sub = pick(&SUBSCRIBERS, r[3]);
+            let dst = match r[4] % 3 {
+                0 => String::new(),
+                _ if v6(sub) => format!(r#","dst":"{}""#, pick(&V6_PREFIXES, r[5])),
+                _ => format!(r#","dst":"{}""#, pick(&V4_PREFIXES, r[5])),
+            };
+            format!(
+                r#"{{"op":"{op}","table":"coupon","entry":{{"id":"{id}","subscriber":"{sub}"{dst}{},"decision":{}}}}}"#,
+                port(r[6]),
+                decision(&d6, v6(sub), true)
+            )
+        }
+        2 => {
+            let sub = pick(&SUBSCRIBERS, r[3]);
+            if op == "remove" {
+                return format!(
+                    r#"{{"op":"remove","table":"login","key":{{"subscriber":"{sub}"}}}}"#
+                );
+            }
+            let tier = ["gold", "silver", "bronze"][r[4] % 3];
+            format!(
+                r#"{{"op":"{op}","table":"login","entry":{{"subscriber":"{sub}","login":"u{}","tier":"{tier}"}}}}"#,
+                r[5] % 5
+            )
+        }
+        3 => {
+            let name = ["gold", "silver", "bronze"][r[2] % 3];
+            if op == "remove" {
+                return format!(r#"{{"op":"remove","table":"tier","key":{{"name":"{name}"}}}}"#);
+            }
+            format!(
+                r#"{{"op":"{op}","table":"tier","entry":{{"name":"{name}","decision":{}}}}}"#,
+                decision(&d6, false, false)
+            )
+        }
+        4 => {
+            let id = format!("s{}", r[2] % 6);
+            if op == "remove" {
+                return format!(r#"{{"op":"remove","table":"sp","key":{{"id":"{id}"}}}}"#);
+            }
+            let (target, fam6) = match r[3] % 4 {
+                0 => {
+                    let a = pick(&DESTINATIONS, r[4]);
+                    (format!(r#""ip":"{a}""#), v6(a))
+                }
+                1 => {
+                    let p = pick(&V6_PREFIXES, r[4]);
+                    (format!(r#""prefix":"{p}""#), true)
+                }
+                _ => {
+                    let p = pick(&V4_PREFIXES, r[4]);
+                    (format!(r#""prefix":"{p}""#), false)
+                }
+            };
+            format!(
+                r#"{{"op":"{op}","table":"sp","entry":{{"id":"{id}","provider":"p",{}{},"decision":{}}}}}"#,
+                target,
+                port(r[5]),
+                decision(&d6, fam6, true)
+            )
+        }
+        _ => {
+            if r[2] % 3 == 0 {
+                return format!(
+                    r#"{{"op":"update","table":"default","entry":{}}}"#,
+                    decision(&d6, false, false)
+                );
+            }
+            let p = if r[3] % 4 == 0 {
+                pick(&V6_PREFIXES, r[4])
+            } else {
+                pick(&V4_PREFIXES, r[4])
+            };
+            let op = if op == "remove" { "remove" } else { "add" };
+            let body = format!(r#"{{"dst":"{p}"{}}}"#, port(r[5]));
+            let field = if op == "remove" { "key" } else { "entry" };
+            format!(r#"{{"op":"{op}","table":"eligibility","{field}":{body}}}"#)
+        }
+    }
+}
+
+fn source_of(s: &PSource) -> Source {
+    match s {
+        PSource::SpIp { .. } | PSource::SpPrefix { .. } => Source::SpPrefix,
+        PSource::Coupon { .. } => Source::Coupon,
+        PSource::Login { .. } => Source::Login,
+        PSource::Default => Source::Default,
+    }
+}
+
+/// Every (subscriber, destination, protocol, port) flow classifies the
+/// same in the tables as in the reference.
+fn check_all(policy: &Policy, reader: &mut TablesReader) -> Result<(), TestCaseError> {
+    reader.refresh();
+    for sub in SUBSCRIBERS {
+        for dst in DESTINATIONS {
+            if v6(sub) != v6(dst) {
+                continue;
+            }
+            for proto in [PROTO_TCP, PROTO_UDP, 1] {
+                for dport in [80u16, 443, 9] {
+                    let (s, d): (IpAddr, IpAddr) = (sub.parse().unwrap(), dst.parse().unwrap());
+                    let (want, src) = policy.state().classify(&FlowQuery {
+                        src: s,
+                        dst: d,
+                        proto,
+                        dst_port: dport,
+                        now: 0,
+                    });
+                    let key = FlowKey::new((s, 40000), (d, dport), proto, 0, Direction::Upstream)
+                        .unwrap();
+                    let got = reader.classify(&key);
+                    let want_fast = fast(&want);
+                    let want_fast = FastDecision {
+                        actions: crate::tables::fit(want_fast.actions, &key),
+                        ..want_fast
+                    };
+                    prop_assert_eq!(
+                        (got.decision, got.source),
+                        (want_fast, source_of(&src)),
+                        "{} -> {}:{} proto {}",
+                        sub,
+                        dst,
+                        dport,
+                        proto
+                    );
+                    prop_assert!(reader.is_current(got.stamp));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn small() -> TablesConfig {
+    TablesConfig {
+        sp_address_capacity: 16,
+        coupon_capacity: 64,
+        login_capacity: 64,
+        validity_lines: 64,
+        seed: 5,
+    }
+}
+
+/// Applies `changes` (each in the `batch` request's shape) as one batch,
+/// the way the control thread does: touched, commit, sync.
+fn apply_batch(policy: &mut Policy, m: &mut Mirror, changes: &[String]) -> bool {
+    let line = format!(r#"{{"op":"batch","changes":[{}]}}"#, changes.join(","));
+    let Ok(Request::Apply { changes, .. }) = parse_request(&line) else {
+        panic!("not a batch: {line}");
+    };
+    let touched = policy.state().touched(&changes);
+    match policy.commit(&changes) {
+        Ok(_) => {
+            m.sync(policy.state(), &touched);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn apply_line(policy: &mut Policy, m: &mut Mirror, change: &str) -> bool {
+    apply_batch(policy, m, &[change.to_string()])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    #[test]
+    fn the_tables_classify_as_the_policy_after_any_batches(
+        batches in proptest::collection::vec(
+            proptest::collection::vec(any::<[usize; 10]>(), 1..3), 1..80)
+    ) {
+        let mut policy = Policy::in_memory();
+        let mut m = Mirror::load(small(), policy.state()).unwrap();
+        let mut reader = m.reader();
+        let mut accepted = 0;
+        for b in batches {
+            let changes: Vec<String> = b.into_iter().map(request).collect();
+            if apply_batch(&mut policy, &mut m, &changes) {
+                accepted += 1;
+            }
+            check_all(&policy, &mut reader)?;
+        }
+        prop_assert_eq!(m.stats().errors, 0, "{:?}", m.stats().last_error);
+        // A fresh load of the same state gives the same answers.
+        let fresh = Mirror::load(small(), policy.state()).unwrap();
+        check_all(&policy, &mut fresh.reader())?;
+        prop_assert!(accepted <= m.stats().syncs);
+    }
+}
+
+#[test]
+fn a_change_invalidates_the_flows_of_its_subscriber_only() {
+    let mut policy = Policy::in_memory();
+    let mut m = Mirror::load(small(), policy.state()).unwrap();
+    let mut reader = m.reader();
+    let key = |s: &str| {
+        FlowKey::new(
+            (s.parse().unwrap(), 40000),
+            ("192.0.2.1".parse().unwrap(), 443),
+            PROTO_TCP,
+            0,
+            Direction::Upstream,
+        )
+        .unwrap()
+    };
+    let before = reader.classify(&key("10.0.0.1"));
+    assert_eq!(before.source, Source::Default);
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        r#"{"op":"add","table":"coupon","entry":{"id":"c1","subscriber":"10.0.0.1","decision":{"level":"voice","dscp":"level"}}}"#
+    ));
+    reader.refresh();
+    assert!(!reader.is_current(before.stamp));
+    let after = reader.classify(&key("10.0.0.1"));
+    assert_eq!((after.source, after.decision.level), (Source::Coupon, 1));
+    assert_eq!(after.decision.actions.dscp, Dscp::new(46));
+    // Removing it switches the flow back.
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        r#"{"op":"remove","table":"coupon","key":{"id":"c1"}}"#
+    ));
+    reader.refresh();
+    assert!(!reader.is_current(after.stamp));
+    assert_eq!(reader.classify(&key("10.0.0.1")).source, Source::Default);
+    assert_eq!(m.writer().len(Table::Coupon), 0);
+}
+
+#[test]
+fn a_subscriber_that_does_not_fit_keeps_its_records_and_is_counted() {
+    let mut policy = Policy::in_memory();
+    let mut m = Mirror::load(
+        TablesConfig {
+            coupon_capacity: 1,
+            ..small()
+        },
+        policy.state(),
+    )
+    .unwrap();
+    for (id, sub) in [("a", "10.0.0.1"), ("b", "10.0.0.2")] {
+        assert!(apply_line(
+            &mut policy,
+            &mut m,
+            &format!(
+                r#"{{"op":"add","table":"coupon","entry":{{"id":"{id}","subscriber":"{sub}","decision":{{"level":3}}}}}}"#
+            )
+        ));
+    }
+    assert_eq!(m.stats().errors, 1);
+    assert!(m
+        .stats()
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("10.0.0.2"));
+    assert_eq!(m.writer().len(Table::Coupon), 1);
+    assert!(m
+        .writer()
+        .get(Table::Coupon, "10.0.0.1".parse().unwrap())
+        .is_some());
+}
