@@ -70,6 +70,36 @@ pub struct Config {
     /// The control socket and the durable policy store.
     #[serde(default)]
     pub control: ControlConfig,
+    /// Sizes of the workers' policy tables (fixed at start).
+    #[serde(default)]
+    pub tables: TablesSizes,
+}
+
+/// How many bindings the workers' policy tables hold. Allocated whole at
+/// start-up (about 84 bytes a binding); a policy with more rows than fit
+/// is served only as far as it fits, with an error counted and logged.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TablesSizes {
+    /// Coupon bindings (one per coupon, up to four per subscriber).
+    #[serde(default = "default_bindings")]
+    pub coupons: u32,
+    /// Login bindings (one per subscriber address).
+    #[serde(default = "default_bindings")]
+    pub logins: u32,
+}
+
+fn default_bindings() -> u32 {
+    1 << 20
+}
+
+impl Default for TablesSizes {
+    fn default() -> Self {
+        TablesSizes {
+            coupons: default_bindings(),
+            logins: default_bindings(),
+        }
+    }
 }
 
 /// Where the control socket listens and where accepted policy is kept.
@@ -601,6 +631,14 @@ impl Config {
                 &self.control.state_dir,
                 "a directory path",
             ));
+        }
+        for (field, n) in [
+            ("tables.coupons", self.tables.coupons),
+            ("tables.logins", self.tables.logins),
+        ] {
+            if !(1..=1 << 24).contains(&n) {
+                return Err(invalid(field, n, "1..=16777216 bindings"));
+            }
         }
         let f = &self.flows;
         if !(1024..=1 << 24).contains(&f.capacity) {

@@ -17,13 +17,16 @@ use std::time::{Duration, Instant};
 use sluice_control::config::Config;
 use sluice_control::policy::store::{StoreError, StoreOptions};
 use sluice_control::policy::Policy;
-use sluice_control::server::{ControlServer, ServerError};
+use sluice_control::policy::{PolicyState, Touched};
+use sluice_control::server::{ControlServer, Dataplane, ServerError};
 use thiserror::Error;
 
 use crate::classify::StaticRules;
 use crate::dpdk::{self, DpdkError, Eal, Mempool, Port, PortSetup};
 use crate::flow::{FlowTable, FlowTableConfig, FlowTableError};
+use crate::mirror::Mirror;
 use crate::stats::{Direction, PortReport, RunReport, WorkerCounters};
+use crate::tables::{Table, TableError, TablesConfig};
 use crate::worker::{Lane, Pipeline, Worker};
 
 /// A failure while bringing the appliance up or running it.
@@ -43,6 +46,8 @@ pub enum AppError {
     Control(#[from] ServerError),
     #[error("flow table: {0}")]
     Flows(#[from] FlowTableError),
+    #[error("policy tables: {0}")]
+    Tables(#[from] TableError),
     #[error("worker on lcore {lcore} failed with code {code}")]
     Worker { lcore: u32, code: i32 },
 }
@@ -125,6 +130,24 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
         }
     }
 
+    // The stored policy is in the workers' tables before any packet moves.
+    let mirror = Mirror::load(
+        TablesConfig {
+            // The policy has no row keyed by the subscriber for a provider.
+            sp_address_capacity: 1,
+            coupon_capacity: cfg.tables.coupons,
+            login_capacity: cfg.tables.logins,
+            seed: dpdk::rdtsc() | 1,
+            ..TablesConfig::default()
+        },
+        policy.state(),
+    )?;
+    log::info!(
+        "policy tables: {} coupon and {} login bindings published ({} MB preallocated)",
+        mirror.writer().len(Table::Coupon),
+        mirror.writer().len(Table::Login),
+        mirror.writer().memory_bytes() >> 20
+    );
     let rules = Arc::new(StaticRules::from_config(&cfg.rules));
     let rule_names: Vec<String> = rules.names().map(str::to_owned).collect();
     let hz = dpdk::tsc_hz();
@@ -137,16 +160,11 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
     // Built here, on the main lcore, so a bad size fails before any worker starts.
     let mut pipelines = Vec::new();
     for _ in &cfg.workers.cores {
-        pipelines.push(if rules.is_empty() {
-            None
-        } else {
-            Some(Pipeline {
-                rules: Arc::clone(&rules),
-                flows: FlowTable::new(flow_cfg)?,
-                since_sweep: 0,
-                stateless: rules.stateless(),
-            })
-        });
+        pipelines.push(Some(Pipeline::new(
+            Arc::clone(&rules),
+            mirror.reader(),
+            FlowTable::new(flow_cfg)?,
+        )));
     }
 
     let started = Instant::now();
@@ -183,9 +201,13 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
     }
     let control = {
         let stop = Arc::clone(&stop);
+        let mut dp = AppDataplane {
+            mirror,
+            workers: counters.clone(),
+        };
         std::thread::Builder::new()
             .name("sluice-control".into())
-            .spawn(move || server.run(&mut policy, &stop, &mut ()))
+            .spawn(move || server.run(&mut policy, &stop, &mut dp))
             .expect("spawn the control thread")
     };
     if launch_error.is_none() {
@@ -301,5 +323,71 @@ fn main_loop(
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
+    }
+}
+
+/// What the control thread drives: the mirror of the policy in the
+/// workers' tables, and the workers' counters for `stats`.
+struct AppDataplane {
+    mirror: Mirror,
+    workers: Vec<(u32, Arc<WorkerCounters>)>,
+}
+
+impl Dataplane for AppDataplane {
+    fn applied(&mut self, state: &PolicyState, touched: &Touched) {
+        self.mirror.sync(state, touched);
+    }
+
+    fn stats(&self) -> Option<serde_json::Value> {
+        let w = self.mirror.writer();
+        let tables: Vec<serde_json::Value> = Table::ALL
+            .iter()
+            .map(|&t| {
+                serde_json::json!({
+                    "table": t.name(),
+                    "bindings": w.len(t),
+                    "capacity": w.capacity(t),
+                })
+            })
+            .collect();
+        let capacity: u64 = Table::ALL.iter().map(|&t| u64::from(w.capacity(t))).sum();
+        let snap = w.snapshot();
+        let mut levels = [[0u64; 2]; crate::stats::LEVELS];
+        let mut classified = std::collections::BTreeMap::<String, u64>::new();
+        let (mut reclassified, mut flows) = (0, 0);
+        for (lcore, c) in &self.workers {
+            let s = c.snapshot(*lcore, &[]).path;
+            for l in s.levels {
+                if let Some(x) = levels.get_mut(usize::from(l.level)) {
+                    x[0] += l.packets;
+                    x[1] += l.bytes;
+                }
+            }
+            for (k, v) in s.classified {
+                *classified.entry(k).or_default() += v;
+            }
+            reclassified += s.reclassified;
+            flows += s.flows.active;
+        }
+        let levels: Vec<serde_json::Value> = levels
+            .iter()
+            .enumerate()
+            .map(|(i, [p, b])| serde_json::json!({"level": i, "packets": p, "bytes": b}))
+            .collect();
+        Some(serde_json::json!({
+            "tables": tables,
+            "memory_bytes": w.memory_bytes(),
+            "bytes_per_binding": w.memory_bytes() as u64 / capacity.max(1),
+            "snapshot": {
+                "generation": snap.generation(),
+                "bytes": snap.bytes(),
+                "sp_prefixes": snap.sp_prefixes(),
+            },
+            "mirror": self.mirror.stats(),
+            "levels": levels,
+            "classified": classified,
+            "reclassified": reclassified,
+            "flows_active": flows,
+        }))
     }
 }

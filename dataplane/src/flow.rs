@@ -49,6 +49,7 @@ use thiserror::Error;
 use crate::packet::{ActionSet, FlowKey, IpVersion, ReverseRewrite, TCP_ACK, TCP_FIN};
 use crate::packet::{TCP_RST, TCP_SYN};
 use crate::stats::Direction;
+use crate::tables::Stamp;
 
 /// The largest capacity [`FlowTable::new`] accepts.
 pub const MAX_CAPACITY: u32 = 1 << 24;
@@ -57,14 +58,18 @@ const SLOTS: usize = 8;
 const EMPTY: u32 = u32::MAX;
 const EVICT_SAMPLE: usize = 16;
 
-/// The per-flow payload the table keeps for the policy: the actions of the
-/// forward direction and the policy generation they were decided under (a
-/// hit from an older generation is re-classified and updated with
-/// [`FlowTable::set_decision`]).
+/// The per-flow payload the table keeps for the policy: what the flow's
+/// forward direction gets and what that depends on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowDecision {
-    pub generation: u32,
     pub actions: ActionSet,
+    /// The priority level (0 highest; see the policy model).
+    pub level: u8,
+    /// Decided by a static config rule: final for the flow's life. A
+    /// decision from the policy tables is re-checked with `stamp` on every
+    /// forward packet and re-classified when stale.
+    pub pinned: bool,
+    pub stamp: Stamp,
 }
 
 /// Sizing and timeouts, fixed at construction.

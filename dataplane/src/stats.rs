@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::dpdk::PortStats;
 use crate::flow::FlowCounters;
 use crate::packet::{Action, Outcome, ParseError};
+use crate::tables::Source;
 
 /// Which way a packet crosses the appliance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -88,7 +89,17 @@ pub struct PathCounters {
     pub flow_expirations: AtomicU64,
     pub flow_conflicts: AtomicU64,
     pub flows_active: AtomicU64,
+    /// Per priority level: packets and bytes forwarded (both directions).
+    pub levels: [[AtomicU64; 2]; LEVELS],
+    /// New flows by the policy step that classified them
+    /// ([`Source::index`]).
+    pub classified: [AtomicU64; Source::COUNT],
+    /// Flows whose cached decision went stale and were classified again.
+    pub reclassified: AtomicU64,
 }
+
+/// The number of priority levels.
+pub const LEVELS: usize = 8;
 
 impl PathCounters {
     pub fn new(rules: usize) -> PathCounters {
@@ -103,6 +114,29 @@ impl PathCounters {
             flow_expirations: AtomicU64::new(0),
             flow_conflicts: AtomicU64::new(0),
             flows_active: AtomicU64::new(0),
+            levels: Default::default(),
+            classified: Default::default(),
+            reclassified: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `packets` of `bytes` forwarded at `level`.
+    #[inline]
+    pub fn level(&self, level: u8, packets: u64, bytes: u64) {
+        if let Some([p, b]) = self.levels.get(usize::from(level)) {
+            bump(p, packets);
+            bump(b, bytes);
+        }
+    }
+
+    /// Counts a classification by the policy tables.
+    #[inline]
+    pub fn classified(&self, s: Source, again: bool) {
+        if let Some(c) = self.classified.get(s.index()) {
+            bump(c, 1);
+        }
+        if again {
+            bump(&self.reclassified, 1);
         }
     }
 
@@ -172,6 +206,22 @@ impl PathCounters {
                 .zip(self.rule_hits.iter())
                 .map(|(n, c)| (n.clone(), c.load(Relaxed)))
                 .collect(),
+            levels: (0..LEVELS as u8)
+                .filter_map(|l| {
+                    let [p, b] = &self.levels[usize::from(l)];
+                    let packets = p.load(Relaxed);
+                    (packets > 0).then(|| LevelSnapshot {
+                        level: l,
+                        packets,
+                        bytes: b.load(Relaxed),
+                    })
+                })
+                .collect(),
+            classified: Source::ALL
+                .iter()
+                .filter_map(|s| Some((s.name().to_owned(), nonzero(&self.classified[s.index()])?)))
+                .collect(),
+            reclassified: self.reclassified.load(Relaxed),
             flows: FlowSnapshot {
                 hits: self.flow_hits.load(Relaxed),
                 misses: self.flow_misses.load(Relaxed),
@@ -237,7 +287,21 @@ pub struct PathSnapshot {
     /// packet when the rules are stateless (DSCP only, see
     /// `StaticRules::stateless`).
     pub rule_hits: BTreeMap<String, u64>,
+    /// Packets and bytes per priority level (levels with traffic only).
+    pub levels: Vec<LevelSnapshot>,
+    /// policy step (coupon, login, sp-prefix, default, ...) -> new flows.
+    pub classified: BTreeMap<String, u64>,
+    pub reclassified: u64,
     pub flows: FlowSnapshot,
+}
+
+/// One level's traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LevelSnapshot {
+    /// 0 (network control) ..= 7 (scavenger); 5 is best effort.
+    pub level: u8,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// A point-in-time copy of one direction's counters.
@@ -428,6 +492,22 @@ fn write_path(f: &mut fmt::Formatter<'_>, lcore: u32, p: &PathSnapshot) -> fmt::
             .collect::<Vec<_>>()
             .join(" ")
     };
+    if !p.levels.is_empty() {
+        let l: Vec<String> = p
+            .levels
+            .iter()
+            .map(|l| format!("{}={}", l.level, l.packets))
+            .collect();
+        writeln!(f, "lcore{lcore} packets per level: {}", l.join(" "))?;
+    }
+    if !p.classified.is_empty() {
+        writeln!(
+            f,
+            "lcore{lcore} flows classified by: {} (again when stale: {})",
+            join(&p.classified),
+            p.reclassified
+        )?;
+    }
     if !p.rule_hits.is_empty() {
         writeln!(f, "lcore{lcore} rule hits (flows): {}", join(&p.rule_hits))?;
     }

@@ -36,7 +36,7 @@
 //!         None => {
 //!             let actions = classify(&key);
 //!             let reverse = ReverseRewrite::for_forward(&key, &actions);
-//!             let decision = FlowDecision { generation: 0, actions };
+//!             let decision = FlowDecision { actions, ..Default::default() };
 //!             // A refused insert (reply key taken) means: no rewrite.
 //!             match flows.insert(key, reverse, decision, p.tcp_flags(), now) {
 //!                 Ok(_) => packet::apply_forward(frame, &p, &actions),

@@ -195,7 +195,7 @@ use record::{Decoded, Key, Words};
 pub use snapshot::{EligibilityRule, PrefixPolicy, Snapshot, SpPrefix};
 pub use types::{
     BatchError, Binding, FastDecision, Grant, Op, Prefix, Restriction, Source, Table, TableError,
-    Upserted, MAX_BINDING_METER, MAX_LEVEL,
+    Upserted, BEST_EFFORT, MAX_BINDING_METER, MAX_LEVEL,
 };
 
 /// The largest capacity of one binding map.
@@ -281,6 +281,8 @@ pub struct Classified {
 /// What readers and the writer share.
 struct Shared {
     maps: [BindingMap; 3],
+    /// Bindings in all maps (written by the writer after each change).
+    bindings: AtomicUsize,
     lines: Box<[AtomicU32]>,
     line_mask: u32,
     seed: u64,
@@ -338,6 +340,7 @@ impl TablesWriter {
             Table::ALL.map(|t| BindingMap::new(t, cfg.capacity(t), t == Table::Coupon));
         let shared = Arc::new(Shared {
             maps: [m0, m1, m2],
+            bindings: AtomicUsize::new(0),
             lines: (0..cfg.validity_lines).map(|_| AtomicU32::new(0)).collect(),
             line_mask: cfg.validity_lines - 1,
             seed: cfg.seed,
@@ -499,6 +502,11 @@ impl TablesWriter {
 
     /// Invalidates the flows of `h`'s validity line: after the change.
     fn bump(&self, h: &KeyHash) {
+        let n = Table::ALL
+            .iter()
+            .map(|&t| self.shared.map(t).len(&self.writers[t as usize]) as usize)
+            .sum();
+        self.shared.bindings.store(n, Ordering::Relaxed);
         let l = self.shared.line(h);
         // The only writer: a load and a store, no locked instruction.
         l.store(l.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
@@ -578,6 +586,16 @@ impl TablesReader {
     /// The snapshot this reader classifies against.
     pub fn snapshot(&self) -> &Snapshot {
         &self.snap
+    }
+
+    /// Whether every flow would get the snapshot's default, which rewrites
+    /// nothing: no binding, no SP prefix. A worker may then skip
+    /// classification (and, with no reverse state to keep, even parsing).
+    /// One relaxed load; a binding added meanwhile is seen by the next
+    /// call (the worker calls it once per burst).
+    #[inline]
+    pub fn is_inert(&self) -> bool {
+        self.snap.inert && self.shared.bindings.load(Ordering::Relaxed) == 0
     }
 
     /// Whether a flow's cached classification still holds: one compare and

@@ -82,6 +82,9 @@ pub struct Snapshot {
     pub(super) default_eligible: bool,
     pub(super) tiers: Box<[FastDecision]>,
     pub(super) default: FastDecision,
+    /// No SP prefix and a default that rewrites nothing: with no binding
+    /// either, no flow can be given anything but the default.
+    pub(super) inert: bool,
     _live: LiveToken,
 }
 
@@ -125,12 +128,18 @@ impl Snapshot {
             default_eligible: p.default_eligible,
             tiers: p.tiers.clone().into_boxed_slice(),
             default: p.default,
+            inert: p.sp_prefixes.is_empty() && p.default.actions == Default::default(),
             _live: LiveToken::new(live),
         })
     }
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The decision of every flow nothing else matches.
+    pub fn default(&self) -> &FastDecision {
+        &self.default
     }
 
     /// Whether coupon/login bindings apply towards `addr:port`.

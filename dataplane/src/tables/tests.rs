@@ -218,7 +218,7 @@ fn tier_bindings_follow_the_snapshot_and_keep_their_own_meter() {
     // A tier the snapshot lacks matches nothing.
     assert_eq!(
         who(&r, &flow("10.0.0.3", "192.0.2.1", 80)),
-        (Source::Default, 0)
+        (Source::Default, BEST_EFFORT)
     );
 }
 
@@ -329,7 +329,7 @@ fn v6_subscribers_and_prefixes() {
     assert_eq!(who(&r, &flow(sub, "2001:db9::9", 80)), (Source::Coupon, 4));
     assert_eq!(
         who(&r, &flow("::1", "2001:db9::9", 80)),
-        (Source::Default, 0)
+        (Source::Default, BEST_EFFORT)
     );
     assert_eq!(
         who(&r, &flow("0.0.0.1", "192.0.2.1", 80)),

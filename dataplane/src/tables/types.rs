@@ -17,15 +17,31 @@ pub const MAX_LEVEL: u8 = 7;
 /// decisions are not limited.
 pub const MAX_BINDING_METER: u32 = (1 << 24) - 2;
 
+/// The level of best effort, what a flow gets when nothing says otherwise
+/// (levels are numbered as in the policy model: 0 network control, highest,
+/// ..= 7 scavenger).
+pub const BEST_EFFORT: u8 = 5;
+
 /// What a flow is given: a priority level, the rewrites of its forward
 /// direction, and the meter (rate limiter) its packets are charged to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The default is best effort, no rewrite, unmetered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FastDecision {
-    /// 0 (best effort) ..= [`MAX_LEVEL`].
+    /// 0 (highest) ..= [`MAX_LEVEL`]; [`BEST_EFFORT`] by default.
     pub level: u8,
     pub actions: ActionSet,
     /// Index into the worker's meter array; `None` is unmetered.
     pub meter: Option<u32>,
+}
+
+impl Default for FastDecision {
+    fn default() -> Self {
+        FastDecision {
+            level: BEST_EFFORT,
+            actions: ActionSet::default(),
+            meter: None,
+        }
+    }
 }
 
 /// Which step of the precedence produced a decision (for counters and
@@ -48,6 +64,33 @@ pub enum Source {
     /// bounded retry: the default was given with a stamp that is already
     /// stale, so the flow's next packet classifies again.
     Contended,
+}
+
+impl Source {
+    pub const COUNT: usize = 6;
+    pub const ALL: [Source; Source::COUNT] = [
+        Source::Default,
+        Source::SpAddress,
+        Source::SpPrefix,
+        Source::Coupon,
+        Source::Login,
+        Source::Contended,
+    ];
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::SpAddress => "sp-address",
+            Source::SpPrefix => "sp-prefix",
+            Source::Coupon => "coupon",
+            Source::Login => "login",
+            Source::Contended => "contended",
+        }
+    }
 }
 
 /// The three exact-match tables, all keyed by the subscriber's address.
