@@ -13,6 +13,25 @@ use etherparse::PacketBuilder;
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
 
 pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+pub const SLUICECTL: &str = env!("CARGO_BIN_EXE_sluicectl");
+
+/// Runs `sluicectl --socket <socket> <args>` and returns its output.
+pub fn sluicectl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(SLUICECTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sluicectl")
+}
+
+/// `sluicectl --json stats` of a running appliance, parsed.
+pub fn stats(socket: &Path) -> serde_json::Value {
+    let out = sluicectl(socket, &["--json", "stats"]);
+    assert!(out.status.success(), "stats: {}", describe(&out));
+    serde_json::from_slice(&out.stdout).expect("stats is JSON")
+}
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -133,6 +152,22 @@ impl Running {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Waits until the ports are up (the ready file exists).
+    pub fn wait_ready(&self) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while !self.ready.exists() {
+            assert!(Instant::now() < until, "sluice not ready within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Sends SIGINT and waits (bounded) for a clean exit.
@@ -387,4 +422,161 @@ impl Drop for Namespaces {
             .args(["down", &self.a, &self.b])
             .status();
     }
+}
+
+/// Sluice between two namespaces with `rules`, plus helpers to move data
+/// and capture on either side.
+pub struct Bench {
+    pub dir: tempfile::TempDir,
+    pub sluice: Option<Running>,
+    pub ns: Namespaces,
+    pub if_a: String,
+    pub if_b: String,
+    /// The control socket of this appliance.
+    pub socket: PathBuf,
+}
+
+impl Bench {
+    pub fn new(rules: &str) -> Bench {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let (if_a, if_b) = (unique("ra"), unique("rb"));
+        let toml = format!(
+            "{}{rules}",
+            config(
+                &format!("net_tap0,iface={if_a}"),
+                &format!("net_tap1,iface={if_b}")
+            )
+        );
+        let cfg = write_config(dir.path(), &toml);
+        let sluice = Running::start(&cfg, dir.path().join("report.json"));
+        let ns = Namespaces::up(&sluice, &if_a, "198.18.0.1/24", &if_b, "198.18.0.2/24");
+        Bench {
+            dir,
+            socket: cfg.with_extension("sock"),
+            sluice: Some(sluice),
+            ns,
+            if_a,
+            if_b,
+        }
+    }
+
+    /// Starts tcpdump on the subscriber (`a`) or upstream side.
+    pub fn capture(&self, a: bool, name: &str) -> (std::process::Child, std::path::PathBuf) {
+        let (ns, ifname) = if a {
+            (&self.ns.a, &self.if_a)
+        } else {
+            (&self.ns.b, &self.if_b)
+        };
+        let path = self.dir.path().join(format!("{name}.pcap"));
+        let child = Namespaces::exec(
+            ns,
+            &[
+                "tcpdump",
+                "-i",
+                ifname,
+                "-nn",
+                "-U",
+                "-w",
+                path.to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        (child, path)
+    }
+
+    /// Sends 1 MiB from the subscriber host to `dst:port`, received by a
+    /// server in the upstream namespace listening on `listen` (addr:port).
+    pub fn transfer(&self, dst: &str, port: u16, listen: &str) {
+        let sent: Vec<u8> = (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        let d = self.dir.path();
+        std::fs::write(d.join("sent"), &sent).unwrap();
+        let received = d.join("received");
+        let mut server = Namespaces::exec(
+            &self.ns.b,
+            &[
+                "socat",
+                "-u",
+                &format!("TCP-LISTEN:{listen},reuseaddr"),
+                &format!("OPEN:{},creat,trunc", received.display()),
+            ],
+        )
+        .spawn()
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let client = Namespaces::exec(
+            &self.ns.a,
+            &[
+                "timeout",
+                "30",
+                "socat",
+                "-u",
+                &format!("OPEN:{}", d.join("sent").display()),
+                &format!("TCP:{dst}:{port}"),
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            client.status.success(),
+            "client to {dst}:{port}: {}",
+            describe(&client)
+        );
+        assert!(server.wait().unwrap().success());
+        assert!(
+            std::fs::read(&received).unwrap() == sent,
+            "transfer corrupted"
+        );
+    }
+
+    /// Stops sluice (the captures in `dir` stay until the bench drops).
+    pub fn stop(&mut self) -> serde_json::Value {
+        std::thread::sleep(Duration::from_millis(300));
+        let out = self.sluice.take().unwrap().stop();
+        assert!(out.status.success(), "{}", describe(&out));
+        let r = report(&self.dir.path().join("report.json"));
+        assert_eq!(r["pool_in_use"], 0, "{r:#}");
+        r
+    }
+}
+
+pub fn stop_capture(mut c: std::process::Child) {
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-INT", &c.id().to_string()])
+        .status();
+    let _ = c.wait();
+}
+
+/// Lines tcpdump prints for `filter` in `pcap`.
+pub fn count(pcap: &std::path::Path, filter: &str) -> usize {
+    let out = Command::new("tcpdump")
+        .args(["-nn", "-r", pcap.to_str().unwrap(), filter])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// tshark field values for `filter`.
+pub fn tshark_fields(pcap: &std::path::Path, filter: &str, field: &str) -> Vec<String> {
+    let out = Command::new("tshark")
+        .args(["-r", pcap.to_str().unwrap()])
+        .args([
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "tcp.check_checksum:TRUE",
+        ])
+        .args(["-Y", filter, "-T", "fields", "-e", field])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }

@@ -53,17 +53,17 @@ fn decision(r: &[usize; 6], v6: bool, remap_addr: bool) -> String {
         1 => d.push_str(&format!(r#","dscp":{}"#, r[2] % 64)),
         _ => {}
     }
-    if r[3] % 3 == 0 {
+    if r[3].is_multiple_of(3) {
         d.push_str(&format!(r#","dst_port":{}"#, 8000 + r[3] % 7));
     }
-    if remap_addr && r[4] % 3 == 0 {
+    if remap_addr && r[4].is_multiple_of(3) {
         d.push_str(if v6 {
             r#","dst_addr":"2001:db8:e::5""#
         } else {
             r#","dst_addr":"198.18.0.5""#
         });
     }
-    if r[5] % 4 == 0 {
+    if r[5].is_multiple_of(4) {
         d.push_str(&format!(r#","mss_clamp":{}"#, 1200 + r[5] % 100));
     }
     d.push('}');
@@ -151,13 +151,13 @@ fn request(r: [usize; 10]) -> String {
             )
         }
         _ => {
-            if r[2] % 3 == 0 {
+            if r[2].is_multiple_of(3) {
                 return format!(
                     r#"{{"op":"update","table":"default","entry":{}}}"#,
                     decision(&d6, false, false)
                 );
             }
-            let p = if r[3] % 4 == 0 {
+            let p = if r[3].is_multiple_of(4) {
                 pick(&V6_PREFIXES, r[4])
             } else {
                 pick(&V4_PREFIXES, r[4])
