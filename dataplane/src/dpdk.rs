@@ -156,6 +156,53 @@ pub fn tsc_hz() -> u64 {
     unsafe { sys::rte_get_tsc_hz() }
 }
 
+/// Asks the CPU to bring the cache line holding `r` into L1 (a hint: it
+/// never faults, blocks or changes memory). The worker issues these for a
+/// whole burst before it touches any of the lines, so that their misses
+/// overlap instead of being paid one after another.
+#[inline(always)]
+pub fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a hint on an address taken from a live
+    // reference; it cannot fault and does not access memory architecturally.
+    unsafe {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((r as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
+/// A vector of `n` copies of `value` whose memory the kernel is asked to
+/// back with transparent huge pages (`madvise(MADV_HUGEPAGE)`, before the
+/// first touch). For the big random-access tables (flows, bindings): with
+/// 4 KiB pages nearly every lookup in a table of a gigabyte is also a TLB
+/// miss, whose page walk misses the caches too. THP here is in `madvise`
+/// mode, so without the advice there are none. If the advice fails (THP
+/// off), the vector is the same, on small pages.
+pub fn huge_vec<T: Clone>(n: usize, value: T) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    let bytes = n * std::mem::size_of::<T>();
+    const HUGE: usize = 2 << 20;
+    if bytes >= HUGE {
+        let start = v.as_ptr() as usize;
+        // Whole 2 MiB pages inside the allocation only.
+        let lo = start.next_multiple_of(HUGE);
+        let hi = (start + bytes) & !(HUGE - 1);
+        if hi > lo {
+            // SAFETY: [lo, hi) lies inside the allocation `v` owns and nothing
+            // has touched yet; MADV_HUGEPAGE only changes how the kernel backs
+            // those pages, never their contents or validity.
+            let rc = unsafe { libc::madvise(lo as *mut c_void, hi - lo, libc::MADV_HUGEPAGE) };
+            if rc != 0 {
+                log::debug!("madvise(MADV_HUGEPAGE) failed; using small pages");
+            }
+        }
+    }
+    v.resize(n, value);
+    v
+}
+
 /// Reads the time-stamp counter.
 #[inline]
 pub fn rdtsc() -> u64 {

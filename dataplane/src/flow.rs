@@ -177,15 +177,31 @@ const EMPTY_BUCKET: Bucket = Bucket {
     slot: [EMPTY; SLOTS],
 };
 
+/// One flow. Laid out so that a hit in the forward direction, the common
+/// case, touches two cache lines (the forward key with the timestamps,
+/// then the decision), both prefetched by [`FlowTable::prefetch_entry`].
 #[derive(Clone, Copy)]
+#[repr(C, align(64))]
 struct Entry<D> {
-    /// `[forward, reply]`.
-    keys: [FlowKey; 2],
-    reverse: ReverseRewrite,
-    decision: D,
+    fwd: FlowKey,
     last_seen: u64,
     live: bool,
     closing: bool,
+    decision: D,
+    rev: FlowKey,
+    reverse: ReverseRewrite,
+}
+
+impl<D> Entry<D> {
+    /// The key of `side` (0 forward, 1 reply).
+    #[inline]
+    fn key(&self, side: u32) -> &FlowKey {
+        if side == 0 {
+            &self.fwd
+        } else {
+            &self.rev
+        }
+    }
 }
 
 const NO_KEY: FlowKey = FlowKey {
@@ -240,7 +256,8 @@ impl<D: Copy + Default> FlowTable<D> {
     fn with_buckets(cfg: FlowTableConfig, nbuckets: usize) -> Self {
         let cap = cfg.capacity as usize;
         let empty = Entry {
-            keys: [NO_KEY; 2],
+            fwd: NO_KEY,
+            rev: NO_KEY,
             reverse: ReverseRewrite::default(),
             decision: D::default(),
             last_seen: 0,
@@ -250,9 +267,9 @@ impl<D: Copy + Default> FlowTable<D> {
         let mut free = Vec::with_capacity(cap);
         free.extend((0..cfg.capacity).rev());
         FlowTable {
-            entries: vec![empty; cap].into_boxed_slice(),
+            entries: crate::dpdk::huge_vec(cap, empty).into_boxed_slice(),
             free,
-            buckets: vec![EMPTY_BUCKET; nbuckets].into_boxed_slice(),
+            buckets: crate::dpdk::huge_vec(nbuckets, EMPTY_BUCKET).into_boxed_slice(),
             mask: nbuckets - 1,
             seed: cfg.seed,
             idle: cfg.idle_timeout,
@@ -289,6 +306,63 @@ impl<D: Copy + Default> FlowTable<D> {
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, tcp_flags: u8, now: u64) -> Option<FlowHit<'_, D>> {
         let h = self.hash(key);
+        self.lookup_hashed(key, h, tcp_flags, now)
+    }
+
+    /// First step of a bulk lookup: hashes `key` and prefetches its first
+    /// bucket (where a key sits unless that bucket was full when it was
+    /// inserted); returns the hash for [`FlowTable::prefetch_entry`] and
+    /// [`FlowTable::lookup_hashed`]. Doing this for a whole burst before
+    /// looking any key up overlaps the cache misses (see the module doc).
+    #[inline]
+    pub fn prefetch(&self, key: &FlowKey) -> u64 {
+        let h = self.hash(key);
+        let (b1, _, _) = self.buckets_of(h);
+        if let Some(bucket) = self.buckets.get(b1) {
+            crate::dpdk::prefetch(bucket);
+        }
+        h
+    }
+
+    /// Second step: prefetches the entry lines of the key's signature
+    /// matches in its first bucket (in cache by now), or, with none there,
+    /// the second bucket.
+    #[inline]
+    pub fn prefetch_entry(&self, h: u64) {
+        let (b1, b2, sig) = self.buckets_of(h);
+        let Some(bucket) = self.buckets.get(b1) else {
+            return;
+        };
+        let mut found = false;
+        for (&s, &r) in bucket.sig.iter().zip(bucket.slot.iter()) {
+            if s == sig && r != EMPTY {
+                if let Some(e) = self.entries.get((r >> 1) as usize) {
+                    crate::dpdk::prefetch(e.key(r & 1));
+                    if r & 1 == 0 {
+                        crate::dpdk::prefetch(&e.decision);
+                    } else {
+                        crate::dpdk::prefetch(&e.reverse);
+                    }
+                    found = true;
+                }
+            }
+        }
+        if !found {
+            if let Some(b) = self.buckets.get(b2) {
+                crate::dpdk::prefetch(b);
+            }
+        }
+    }
+
+    /// [`FlowTable::lookup`] with the hash from [`FlowTable::prefetch`].
+    #[inline]
+    pub fn lookup_hashed(
+        &mut self,
+        key: &FlowKey,
+        h: u64,
+        tcp_flags: u8,
+        now: u64,
+    ) -> Option<FlowHit<'_, D>> {
         let Some(r) = self.find(key, h) else {
             self.counters.misses += 1;
             return None;
@@ -359,7 +433,8 @@ impl<D: Copy + Default> FlowTable<D> {
             return Err(InsertError::NoRoom);
         };
         *e = Entry {
-            keys: [fwd, rev],
+            fwd,
+            rev,
             reverse,
             decision,
             last_seen: now,
@@ -482,7 +557,7 @@ impl<D: Copy + Default> FlowTable<D> {
                     let hit = self
                         .entries
                         .get((r >> 1) as usize)
-                        .and_then(|e| e.keys.get((r & 1) as usize))
+                        .map(|e| e.key(r & 1))
                         .is_some_and(|k| k == key);
                     if hit {
                         return Some(r);
@@ -501,7 +576,9 @@ impl<D: Copy + Default> FlowTable<D> {
                 .get(b)
                 .map_or(0, |k| k.slot.iter().filter(|&&s| s == EMPTY).count())
         };
-        let b = if empties(b1) >= empties(b2) { b1 } else { b2 };
+        // The first bucket unless it is full: most keys then sit in their
+        // first bucket, the only one a bulk lookup prefetches up front.
+        let b = if empties(b1) > 0 { b1 } else { b2 };
         let Some(bucket) = self.buckets.get_mut(b) else {
             return false;
         };
@@ -524,7 +601,7 @@ impl<D: Copy + Default> FlowTable<D> {
             return;
         }
         e.live = false;
-        let keys = e.keys;
+        let keys = [e.fwd, e.rev];
         for (side, key) in (0u32..).zip(keys.iter()) {
             let r = idx << 1 | side;
             let (b1, b2, _) = self.buckets_of(self.hash(key));

@@ -139,13 +139,28 @@ impl Mirror {
                 self.failed(format!("prefix snapshot not published: {e}"));
             }
         }
+        let mut refused = 0u64;
+        let mut first = None;
         for &s in &touched.subscribers {
             let ops = self.ops_for(state, s);
             self.stats.subscribers += 1;
             match self.writer.apply(&ops) {
                 Ok(()) => self.stats.ops += ops.len() as u64,
-                Err(e) => self.failed(format!("subscriber {s}: {e}")),
+                Err(e) => {
+                    refused += 1;
+                    first.get_or_insert_with(|| format!("subscriber {s}: {e}"));
+                }
             }
+        }
+        if let Some(why) = first {
+            // One line per batch, however many subscribers it refused.
+            let why = if refused > 1 {
+                format!("{why} (and {} more subscribers of this batch)", refused - 1)
+            } else {
+                why
+            };
+            self.stats.errors += refused - 1;
+            self.failed(why);
         }
     }
 

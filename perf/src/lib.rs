@@ -20,10 +20,12 @@
 //! - [`svg`]: the frame-size chart.
 //! - [`corpus`]: TCP/IPv4 frames with real headers, and a pcap writer.
 //! - [`micro`]: the in-process parse + rewrite micro-benchmark.
+//! - [`lookup`]: the in-process flow/policy lookup benchmark at scale.
 #![deny(unsafe_code)]
 
 pub mod bench;
 pub mod corpus;
+pub mod lookup;
 pub mod machine;
 pub mod micro;
 pub mod process;

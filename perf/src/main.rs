@@ -238,6 +238,7 @@ fn real_main(args: Args) -> Result<(), Failure> {
             Scenario::QosSched => bench::qos_sched(&mut bench),
             Scenario::Parse => bench::parse(&mut bench),
             Scenario::Rewrite => bench::rewrite(&mut bench),
+            Scenario::Classify => bench::classify(&mut bench),
             _ => unreachable!("only available scenarios are run"),
         };
         match r {
