@@ -20,6 +20,7 @@ pub mod dpdk;
 pub mod flow;
 pub mod mirror;
 pub mod packet;
+pub mod sched;
 pub mod stats;
 pub mod tables;
 pub mod worker;
