@@ -227,23 +227,28 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
             }
         }
     }));
-    results.push(timed("flow hit, bulk (the worker's path)", bursts, n, |base| {
-        let burst = &keys[base..base + BURST];
-        let mut hashes = [0u64; BURST];
-        for (h, k) in hashes.iter_mut().zip(burst) {
-            *h = table.prefetch(k);
-        }
-        for h in &hashes {
-            table.prefetch_entry(*h);
-        }
-        for (h, k) in hashes.iter().zip(burst) {
-            if let Some(hit) = table.lookup_hashed(k, *h, 0, 2) {
-                if reader.is_current(hit.decision.stamp) {
-                    hits += 1;
+    results.push(timed(
+        "flow hit, bulk (the worker's path)",
+        bursts,
+        n,
+        |base| {
+            let burst = &keys[base..base + BURST];
+            let mut hashes = [0u64; BURST];
+            for (h, k) in hashes.iter_mut().zip(burst) {
+                *h = table.prefetch(k);
+            }
+            for h in &hashes {
+                table.prefetch_entry(*h);
+            }
+            for (h, k) in hashes.iter().zip(burst) {
+                if let Some(hit) = table.lookup_hashed(k, *h, 0, 2) {
+                    if reader.is_current(hit.decision.stamp) {
+                        hits += 1;
+                    }
                 }
             }
-        }
-    }));
+        },
+    ));
     assert!(hits > 0, "no flow hit");
     let mut misses = 0u64;
     results.push(timed(
@@ -262,7 +267,9 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
     // The floor: one random line per packet from an array the flow
     // table's size.
     let lines: Vec<[u64; 8]> = vec![[1; 8]; (rss2 - rss1).max(64 << 20) as usize / 64];
-    let idx: Vec<usize> = (0..n).map(|_| (rng.next() as usize) % lines.len()).collect();
+    let idx: Vec<usize> = (0..n)
+        .map(|_| (rng.next() as usize) % lines.len())
+        .collect();
     let mut sum = 0u64;
     results.push(timed("reference: 1 random line read", bursts, n, |base| {
         for &i in &idx[base..base + BURST] {
