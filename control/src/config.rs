@@ -73,6 +73,85 @@ pub struct Config {
     /// Sizes of the workers' policy tables (fixed at start).
     #[serde(default)]
     pub tables: TablesSizes,
+    /// The egress scheduler of ports with a `rate_bps`.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+}
+
+/// How shaped ports schedule their egress.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// `levels`: eight priority levels (strict with ceilings, then DRR,
+    /// flow fairness and CoDel in best effort). `fifo`: one tail-drop queue
+    /// at the same shaped rate, for comparison.
+    #[serde(default)]
+    pub mode: SchedMode,
+    /// Packets each level may hold (per port and worker).
+    #[serde(default = "default_queue_packets")]
+    pub queue_packets: u32,
+    /// Framing bytes per packet the shaper counts: preamble and SFD 8,
+    /// inter-frame gap 12, FCS 4.
+    #[serde(default = "default_overhead")]
+    pub overhead_bytes: u32,
+    /// CoDel target sojourn time, microseconds.
+    #[serde(default = "default_codel_target")]
+    pub codel_target_us: u64,
+    /// CoDel interval, microseconds.
+    #[serde(default = "default_codel_interval")]
+    pub codel_interval_us: u64,
+    /// What a binding's packets above its peak rate get.
+    #[serde(default)]
+    pub over_peak: OverPeak,
+}
+
+/// The scheduling discipline of shaped ports.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedMode {
+    #[default]
+    Levels,
+    Fifo,
+}
+
+/// The fate of metered packets above the binding's peak rate.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OverPeak {
+    /// Dropped (counted).
+    #[default]
+    Drop,
+    /// Sent at best effort (counted).
+    Demote,
+}
+
+fn default_queue_packets() -> u32 {
+    512
+}
+
+fn default_overhead() -> u32 {
+    24
+}
+
+fn default_codel_target() -> u64 {
+    5_000
+}
+
+fn default_codel_interval() -> u64 {
+    100_000
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            mode: SchedMode::default(),
+            queue_packets: default_queue_packets(),
+            overhead_bytes: default_overhead(),
+            codel_target_us: default_codel_target(),
+            codel_interval_us: default_codel_interval(),
+            over_peak: OverPeak::default(),
+        }
+    }
 }
 
 /// How many bindings the workers' policy tables hold. Allocated whole at
@@ -258,6 +337,13 @@ pub struct PortConfig {
     pub rx_desc: u16,
     #[serde(default = "default_desc")]
     pub tx_desc: u16,
+    /// Shape this port's egress to this many bits/s on the wire (framing
+    /// overhead included, see `scheduler.overhead_bytes`), so that queues
+    /// build inside Sluice, where the scheduler decides who waits. Unset:
+    /// no scheduler on this port, packets go as fast as the port takes
+    /// them. With several workers each gets an equal share.
+    #[serde(default)]
+    pub rate_bps: Option<u64>,
 }
 
 fn default_desc() -> u16 {
@@ -632,6 +718,38 @@ impl Config {
                 "a directory path",
             ));
         }
+        for (field, p) in [
+            ("ports.subscriber.rate_bps", &self.ports.subscriber),
+            ("ports.upstream.rate_bps", &self.ports.upstream),
+        ] {
+            if let Some(r) = p.rate_bps {
+                if !(64_000..=400_000_000_000).contains(&r) {
+                    return Err(invalid(field, r, "64000..=400000000000 bits/s"));
+                }
+            }
+        }
+        let sc = &self.scheduler;
+        if !(16..=65536).contains(&sc.queue_packets) {
+            return Err(invalid(
+                "scheduler.queue_packets",
+                sc.queue_packets,
+                "16..=65536 packets",
+            ));
+        }
+        if sc.overhead_bytes > 64 {
+            return Err(invalid(
+                "scheduler.overhead_bytes",
+                sc.overhead_bytes,
+                "0..=64 bytes",
+            ));
+        }
+        if sc.codel_target_us == 0 || sc.codel_interval_us < sc.codel_target_us {
+            return Err(invalid(
+                "scheduler.codel_target_us",
+                (sc.codel_target_us, sc.codel_interval_us),
+                "a target above 0 and an interval at least the target",
+            ));
+        }
         for (field, n) in [
             ("tables.coupons", self.tables.coupons),
             ("tables.logins", self.tables.logins),
@@ -667,7 +785,10 @@ impl Config {
             .map(|p| q * (p.rx_desc as u64 + p.tx_desc as u64))
             .sum();
         let lcores = q + 1;
-        desc + lcores * (self.mempool.cache as u64 + 2 * self.workers.burst as u64)
+        // Packets the schedulers of shaped ports may hold at once.
+        let shaped = ports.iter().filter(|p| p.rate_bps.is_some()).count() as u64;
+        let queued = q * shaped * 8 * u64::from(self.scheduler.queue_packets);
+        desc + queued + lcores * (self.mempool.cache as u64 + 2 * self.workers.burst as u64)
     }
 
     /// The two port devices, subscriber first.

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_control::config::Config;
+use sluice_control::config::{Config, PortConfig, SchedMode, SchedulerConfig};
 use sluice_control::policy::store::{StoreError, StoreOptions};
 use sluice_control::policy::Policy;
 use sluice_control::policy::{PolicyState, Touched};
@@ -25,9 +25,10 @@ use crate::classify::StaticRules;
 use crate::dpdk::{self, DpdkError, Eal, Mempool, Port, PortSetup};
 use crate::flow::{FlowTable, FlowTableConfig, FlowTableError};
 use crate::mirror::Mirror;
+use crate::sched::{CodelConfig, SchedConfig, SchedError, Scheduler};
 use crate::stats::{Direction, PortReport, RunReport, WorkerCounters};
 use crate::tables::{Table, TableError, TablesConfig};
-use crate::worker::{Lane, Pipeline, Worker};
+use crate::worker::{Lane, LaneSched, Pipeline, Worker};
 
 /// A failure while bringing the appliance up or running it.
 #[derive(Debug, Error)]
@@ -48,6 +49,8 @@ pub enum AppError {
     Flows(#[from] FlowTableError),
     #[error("policy tables: {0}")]
     Tables(#[from] TableError),
+    #[error("scheduler: {0}")]
+    Sched(#[from] SchedError),
     #[error("worker on lcore {lcore} failed with code {code}")]
     Worker { lcore: u32, code: i32 },
 }
@@ -173,6 +176,18 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
     for ((q, &lcore), pipeline) in cfg.workers.cores.iter().enumerate().zip(pipelines) {
         let q = q as u16;
         let c = Arc::new(WorkerCounters::new(rules.len()));
+        let lane_sched = |port: &PortConfig| -> Result<Option<LaneSched>, AppError> {
+            let Some(rate) = port.rate_bps else {
+                return Ok(None);
+            };
+            let sc = sched_config(&cfg.scheduler, rate / u64::from(queues));
+            Ok(Some(LaneSched {
+                sched: Scheduler::new(sc)?,
+                out: dpdk::Burst::new(),
+                ns_per_tsc: 1e9 / hz as f64,
+                fifo: cfg.scheduler.mode == SchedMode::Fifo,
+            }))
+        };
         let worker = Worker {
             lcore,
             lanes: vec![
@@ -180,11 +195,13 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
                     direction: Direction::Upstream,
                     rx: ports[0].rx_queue(q),
                     tx: ports[1].tx_queue(q),
+                    sched: lane_sched(&cfg.ports.upstream)?,
                 },
                 Lane {
                     direction: Direction::Downstream,
                     rx: ports[1].rx_queue(q),
                     tx: ports[0].tx_queue(q),
+                    sched: lane_sched(&cfg.ports.subscriber)?,
                 },
             ],
             burst: cfg.workers.burst,
@@ -282,6 +299,7 @@ fn main_loop(
     let tick = Duration::from_millis(50);
     let mut last_print = started;
     let mut last_totals = [(0u64, 0u64); 2];
+    let mut last_sched: [Option<Vec<crate::stats::SchedLevelSnapshot>>; 2] = [None, None];
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(tick);
         let now = Instant::now();
@@ -322,6 +340,36 @@ fn main_loop(
         line.push_str(&format!("  txq-full drops {drops}"));
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
+        for (d, port) in [
+            (Direction::Upstream, "upstream"),
+            (Direction::Downstream, "subscriber"),
+        ] {
+            let Some(now_levels) = crate::stats::sched_totals(counters, d) else {
+                continue;
+            };
+            let prev = last_sched[d.index()].take().unwrap_or_default();
+            let mut parts = Vec::new();
+            for l in &now_levels {
+                let p = prev.get(usize::from(l.level)).cloned().unwrap_or_default();
+                let dl = l.since(&p);
+                if dl.sent == 0 && dl.dropped_full + dl.dropped_aqm == 0 {
+                    continue;
+                }
+                let q = dl.sojourn_percentiles(&[0.5, 0.99]);
+                parts.push(format!(
+                    "L{} {:.1} Mbit/s delay p50 {:.2} p99 {:.2} ms drop {}",
+                    l.level,
+                    dl.sent_bytes as f64 * 8.0 / dt / 1e6,
+                    q[0] as f64 / 1e6,
+                    q[1] as f64 / 1e6,
+                    dl.dropped_full + dl.dropped_aqm
+                ));
+            }
+            last_sched[d.index()] = Some(now_levels);
+            if !parts.is_empty() {
+                let _ = writeln!(out, "           egress {port:<10} {}", parts.join(" | "));
+            }
+        }
         let _ = out.flush();
     }
 }
@@ -388,6 +436,60 @@ impl Dataplane for AppDataplane {
             "classified": classified,
             "reclassified": reclassified,
             "flows_active": flows,
+            "egress": egress_json(&self.workers),
         }))
     }
+}
+
+/// The scheduler of one shaped egress on one worker (its share `rate_bps`
+/// of the port's rate).
+fn sched_config(c: &SchedulerConfig, rate_bps: u64) -> SchedConfig {
+    let mut s = SchedConfig::reference(Some(rate_bps), c.queue_packets);
+    s.overhead_bytes = c.overhead_bytes;
+    s.codel = CodelConfig {
+        target_ns: c.codel_target_us * 1000,
+        interval_ns: c.codel_interval_us * 1000,
+    };
+    if c.mode == SchedMode::Fifo {
+        // One tail-drop FIFO holding what all the levels would (the worker
+        // puts every packet in best effort).
+        let l = &mut s.levels[crate::tables::BEST_EFFORT as usize];
+        l.aqm = false;
+        l.flow_queues = 1;
+        l.max_packets = c.queue_packets * 8;
+        l.max_bytes = l.max_packets.saturating_mul(1600);
+    }
+    s
+}
+
+/// Per shaped egress (named by the port it leaves), per level: what the
+/// scheduler did and the sojourn percentiles.
+fn egress_json(workers: &[(u32, Arc<WorkerCounters>)]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (d, port) in [
+        (Direction::Upstream, "upstream"),
+        (Direction::Downstream, "subscriber"),
+    ] {
+        let Some(levels) = crate::stats::sched_totals(workers, d) else {
+            continue;
+        };
+        let rows: Vec<serde_json::Value> = levels
+            .iter()
+            .map(|l| {
+                let p = l.sojourn_percentiles(&[0.5, 0.9, 0.99, 1.0]);
+                serde_json::json!({
+                    "level": l.level,
+                    "enqueued": l.enqueued,
+                    "sent": l.sent,
+                    "sent_bytes": l.sent_bytes,
+                    "dropped_full": l.dropped_full,
+                    "dropped_aqm": l.dropped_aqm,
+                    "depth": l.depth,
+                    "sojourn_us": {"p50": p[0] / 1000, "p90": p[1] / 1000, "p99": p[2] / 1000, "max": p[3] / 1000},
+                })
+            })
+            .collect();
+        out.insert(port.to_string(), serde_json::Value::Array(rows));
+    }
+    serde_json::Value::Object(out)
 }

@@ -17,7 +17,7 @@
 use sluice_control::config::{IpNet, RuleConfig};
 
 use crate::packet::parse::addr_bits;
-use crate::packet::{ActionSet, Dscp, FlowKey, IpVersion, PROTO_TCP, PROTO_UDP};
+use crate::packet::{ActionSet, Dscp, FlowKey, IpVersion, Parsed, PROTO_TCP, PROTO_UDP};
 use crate::stats::Direction;
 
 /// An address prefix as (family, network bits, mask), compared in two
@@ -64,6 +64,8 @@ pub struct Rule {
     dst: Option<Prefix>,
     proto: Option<u8>,
     dst_port: Option<u16>,
+    /// No condition at all: matches every packet.
+    any: bool,
     pub actions: ActionSet,
 }
 
@@ -71,6 +73,7 @@ impl Rule {
     /// Compiles a validated config rule.
     pub fn from_config(r: &RuleConfig) -> Rule {
         Rule {
+            any: r.src.is_none() && r.dst.is_none() && r.protocol.is_none() && r.dst_port.is_none(),
             name: r.name.clone(),
             src: r.src.map(Prefix::new),
             dst: r.dst.map(Prefix::new),
@@ -93,18 +96,58 @@ impl Rule {
             && self.dst.is_none_or(|d| d.contains(k.version, k.dst))
             && self.src.is_none_or(|s| s.contains(k.version, k.src))
     }
+
+    /// [`Rule::matches`] on a packet's fields; `key` is its flow key, which
+    /// only a rule with an address prefix reads (absent: no such rule).
+    #[inline(always)]
+    fn matches_parsed(&self, p: &Parsed, key: Option<&FlowKey>) -> bool {
+        if self.any {
+            return true;
+        }
+        self.proto.is_none_or(|x| x == p.proto())
+            && self.dst_port.is_none_or(|x| x == p.dst_port())
+            && self
+                .dst
+                .is_none_or(|d| key.is_some_and(|k| d.contains(k.version, k.dst)))
+            && self
+                .src
+                .is_none_or(|s| key.is_some_and(|k| s.contains(k.version, k.src)))
+    }
+
+    fn has_prefix(&self) -> bool {
+        self.src.is_some() || self.dst.is_some()
+    }
 }
 
 /// The static rule list, first match wins.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StaticRules {
     rules: Vec<Rule>,
+    /// [`StaticRules::stateless`], decided once.
+    stateless: bool,
+    /// Some rule matches on an address prefix.
+    needs_addrs: bool,
+}
+
+impl Default for StaticRules {
+    fn default() -> StaticRules {
+        StaticRules::from_config(&[])
+    }
 }
 
 impl StaticRules {
     pub fn from_config(rules: &[RuleConfig]) -> StaticRules {
+        let rules: Vec<Rule> = rules.iter().map(Rule::from_config).collect();
+        let stateless = rules.len() <= STATELESS_MAX_RULES
+            && rules.iter().all(|r| {
+                let a = &r.actions;
+                a.dst_port.is_none() && a.dst_addr.is_none() && a.mss_clamp.is_none()
+            });
+        let needs_addrs = rules.iter().any(Rule::has_prefix);
         StaticRules {
-            rules: rules.iter().map(Rule::from_config).collect(),
+            rules,
+            stateless,
+            needs_addrs,
         }
     }
 
@@ -121,13 +164,11 @@ impl StaticRules {
     /// remap, so no reply needs reverse state; no MSS clamp, which also
     /// applies to the reply's SYN-ACK). The worker then skips the flow
     /// table. With remaps, or once the policy tables classify (hundreds of
-    /// cycles per lookup), the flow table is the fast path.
+    /// cycles per lookup), the flow table is the fast path. Decided when the
+    /// rules are compiled.
+    #[inline]
     pub fn stateless(&self) -> bool {
-        self.rules.len() <= STATELESS_MAX_RULES
-            && self.rules.iter().all(|r| {
-                let a = &r.actions;
-                a.dst_port.is_none() && a.dst_addr.is_none() && a.mss_clamp.is_none()
-            })
+        self.stateless
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -151,6 +192,36 @@ impl StaticRules {
             a.mss_clamp = None;
         }
         Some((i, a))
+    }
+
+    /// The per-packet classification of the stateless mode: the index of
+    /// the first rule matching the packet `p` parsed from `buf`, travelling
+    /// in `dir`, and that rule's DSCP. For that buffer it agrees with
+    /// [`StaticRules::classify`] on `p.flow_key(buf, dir)`; it reads the
+    /// addresses only if some rule has a prefix, and builds no
+    /// [`ActionSet`]. The rule's other actions are not returned: with
+    /// [`StaticRules::stateless`] rules there are none.
+    #[inline]
+    pub fn classify_dscp(
+        &self,
+        p: &Parsed,
+        buf: &[u8],
+        dir: Direction,
+    ) -> Option<(usize, Option<Dscp>)> {
+        if dir != Direction::Upstream {
+            return None;
+        }
+        let key = if self.needs_addrs {
+            Some(p.flow_key(buf, dir)?)
+        } else {
+            None
+        };
+        let (i, r) = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches_parsed(p, key.as_ref()))?;
+        Some((i, r.actions.dscp))
     }
 }
 

@@ -347,6 +347,33 @@ impl Burst {
         unsafe { std::slice::from_raw_parts(self.bufs.as_ptr() as *const Mbuf, self.len) }
     }
 
+    /// Moves every mbuf out, in order, into `f`; the burst is empty after.
+    #[inline]
+    pub fn drain(&mut self, mut f: impl FnMut(usize, Mbuf)) {
+        let n = self.len;
+        // Set first: if `f` panicked, the rest would leak, never double-free.
+        self.len = 0;
+        for i in 0..n {
+            // SAFETY: entries 0..n were initialised Mbufs; each is read
+            // out exactly once and len is already 0.
+            let m = unsafe { self.bufs[i].assume_init_read() };
+            f(i, m);
+        }
+    }
+
+    /// Appends `m`, or hands it back when the burst is full.
+    #[inline]
+    pub fn push(&mut self, m: Mbuf) -> Result<(), Mbuf> {
+        match self.bufs.get_mut(self.len) {
+            Some(slot) => {
+                slot.write(m);
+                self.len += 1;
+                Ok(())
+            }
+            None => Err(m),
+        }
+    }
+
     /// Frees every mbuf held.
     pub fn clear(&mut self) {
         if self.len == 0 {

@@ -41,6 +41,10 @@ pub struct LaneCounters {
     pub tx_bytes: AtomicU64,
     /// Packets the egress PMD refused (its ring was full); freed and counted.
     pub tx_full_drops: AtomicU64,
+    /// Packets the egress scheduler dropped (a full level, AQM).
+    pub sched_drops: AtomicU64,
+    /// Packets still queued in the scheduler at shutdown, freed.
+    pub drained: AtomicU64,
 }
 
 /// A single-writer add: the owning worker is the only writer, so a plain
@@ -64,6 +68,17 @@ impl LaneCounters {
         bump(&self.tx_full_drops, full_drops);
     }
 
+    #[inline]
+    pub fn add_sched_drops(&self, n: u64) {
+        if n > 0 {
+            bump(&self.sched_drops, n);
+        }
+    }
+
+    pub fn add_drained(&self, n: u64) {
+        bump(&self.drained, n);
+    }
+
     pub fn snapshot(&self, direction: Direction) -> LaneSnapshot {
         LaneSnapshot {
             direction,
@@ -72,6 +87,8 @@ impl LaneCounters {
             tx_packets: self.tx_packets.load(Relaxed),
             tx_bytes: self.tx_bytes.load(Relaxed),
             tx_full_drops: self.tx_full_drops.load(Relaxed),
+            sched_drops: self.sched_drops.load(Relaxed),
+            drained: self.drained.load(Relaxed),
         }
     }
 }
@@ -235,11 +252,230 @@ impl PathCounters {
     }
 }
 
+/// Sojourn-time buckets: four per power of two of nanoseconds above 1 µs
+/// (so within 19 % of any value), up to about 18 minutes.
+pub const SOJOURN_BUCKETS: usize = 4 * 30 + 1;
+
+/// The bucket of a sojourn of `ns`.
+#[inline]
+pub fn sojourn_bucket(ns: u64) -> usize {
+    let us = ns >> 10;
+    if us == 0 {
+        return 0;
+    }
+    let octave = 63 - us.leading_zeros() as usize;
+    let sub = if octave >= 2 {
+        (us >> (octave - 2)) & 3
+    } else {
+        (us << (2 - octave)) & 3
+    } as usize;
+    (1 + octave * 4 + sub).min(SOJOURN_BUCKETS - 1)
+}
+
+/// The smallest sojourn, in ns, that falls into `bucket`.
+pub fn sojourn_bucket_floor(bucket: usize) -> u64 {
+    if bucket == 0 {
+        return 0;
+    }
+    let octave = (bucket - 1) / 4;
+    let sub = ((bucket - 1) % 4) as u64;
+    ((4 + sub) << octave >> 2) << 10
+}
+
+/// One egress scheduler's counters, published by its worker: the
+/// scheduler's own per-level counters (copied each pass) and sojourn-time
+/// histograms (bumped per packet sent).
+pub struct SchedCounters {
+    /// Per level: enqueued, enqueued bytes, sent, sent bytes, dropped
+    /// (full), dropped (AQM), depth, depth bytes.
+    pub levels: [[AtomicU64; 8]; LEVELS],
+    pub sojourn: [[AtomicU64; SOJOURN_BUCKETS]; LEVELS],
+    /// Whether a scheduler runs on this egress at all.
+    pub active: std::sync::atomic::AtomicBool,
+}
+
+impl Default for SchedCounters {
+    fn default() -> Self {
+        SchedCounters {
+            levels: Default::default(),
+            sojourn: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            active: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl SchedCounters {
+    /// Counts one packet of `level` sent after `ns` in the queue.
+    #[inline]
+    pub fn record(&self, level: u8, ns: u64) {
+        if let Some(h) = self.sojourn.get(usize::from(level)) {
+            if let Some(c) = h.get(sojourn_bucket(ns)) {
+                bump(c, 1);
+            }
+        }
+    }
+
+    /// Copies the scheduler's counters (`of(level)`).
+    #[inline]
+    pub fn publish(&self, of: impl Fn(usize) -> crate::sched::LevelCounters) {
+        self.active.store(true, Relaxed);
+        for (l, row) in self.levels.iter().enumerate() {
+            let c = of(l);
+            let v = [
+                c.enqueued,
+                c.enqueued_bytes,
+                c.sent,
+                c.sent_bytes,
+                c.dropped_full,
+                c.dropped_aqm,
+                c.depth,
+                c.depth_bytes,
+            ];
+            for (a, x) in row.iter().zip(v) {
+                a.store(x, Relaxed);
+            }
+        }
+    }
+
+    /// A copy, or `None` if no scheduler ran here.
+    pub fn snapshot(&self) -> Option<SchedSnapshot> {
+        if !self.active.load(Relaxed) {
+            return None;
+        }
+        Some(SchedSnapshot {
+            levels: (0..LEVELS)
+                .map(|l| {
+                    let r = &self.levels[l];
+                    let g = |i: usize| r[i].load(Relaxed);
+                    SchedLevelSnapshot {
+                        level: l as u8,
+                        enqueued: g(0),
+                        enqueued_bytes: g(1),
+                        sent: g(2),
+                        sent_bytes: g(3),
+                        dropped_full: g(4),
+                        dropped_aqm: g(5),
+                        depth: g(6),
+                        depth_bytes: g(7),
+                        sojourn: self.sojourn[l].iter().map(|c| c.load(Relaxed)).collect(),
+                    }
+                })
+                .collect(),
+        })
+    }
+}
+
+/// One level of an egress scheduler, as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SchedLevelSnapshot {
+    pub level: u8,
+    pub enqueued: u64,
+    pub enqueued_bytes: u64,
+    pub sent: u64,
+    pub sent_bytes: u64,
+    pub dropped_full: u64,
+    pub dropped_aqm: u64,
+    pub depth: u64,
+    pub depth_bytes: u64,
+    /// Packets per sojourn bucket ([`sojourn_bucket`]).
+    #[serde(skip)]
+    pub sojourn: Vec<u64>,
+}
+
+impl SchedLevelSnapshot {
+    /// Adds another worker's counters of the same level.
+    pub fn add(&mut self, o: &SchedLevelSnapshot) {
+        self.enqueued += o.enqueued;
+        self.enqueued_bytes += o.enqueued_bytes;
+        self.sent += o.sent;
+        self.sent_bytes += o.sent_bytes;
+        self.dropped_full += o.dropped_full;
+        self.dropped_aqm += o.dropped_aqm;
+        self.depth += o.depth;
+        self.depth_bytes += o.depth_bytes;
+        if self.sojourn.len() < o.sojourn.len() {
+            self.sojourn.resize(o.sojourn.len(), 0);
+        }
+        for (a, b) in self.sojourn.iter_mut().zip(&o.sojourn) {
+            *a += b;
+        }
+    }
+
+    /// What happened since `prev` (an earlier copy of the same level);
+    /// depth stays current.
+    pub fn since(&self, prev: &SchedLevelSnapshot) -> SchedLevelSnapshot {
+        SchedLevelSnapshot {
+            level: self.level,
+            enqueued: self.enqueued.saturating_sub(prev.enqueued),
+            enqueued_bytes: self.enqueued_bytes.saturating_sub(prev.enqueued_bytes),
+            sent: self.sent.saturating_sub(prev.sent),
+            sent_bytes: self.sent_bytes.saturating_sub(prev.sent_bytes),
+            dropped_full: self.dropped_full.saturating_sub(prev.dropped_full),
+            dropped_aqm: self.dropped_aqm.saturating_sub(prev.dropped_aqm),
+            depth: self.depth,
+            depth_bytes: self.depth_bytes,
+            sojourn: self
+                .sojourn
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| n.saturating_sub(prev.sojourn.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    /// Sojourn percentiles (ns) from the buckets, through an HDR histogram:
+    /// each bucket's packets are recorded at its floor.
+    pub fn sojourn_percentiles(&self, qs: &[f64]) -> Vec<u64> {
+        let Ok(mut h) = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1 << 42, 2) else {
+            return vec![0; qs.len()];
+        };
+        for (b, &n) in self.sojourn.iter().enumerate() {
+            if n > 0 {
+                let _ = h.record_n(sojourn_bucket_floor(b).max(1), n);
+            }
+        }
+        if h.is_empty() {
+            return vec![0; qs.len()];
+        }
+        qs.iter().map(|&q| h.value_at_quantile(q)).collect()
+    }
+}
+
+/// An egress scheduler's counters, as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SchedSnapshot {
+    pub levels: Vec<SchedLevelSnapshot>,
+}
+
+/// The egress scheduler of direction `d` summed over workers, per level;
+/// `None` if that egress is not shaped.
+pub fn sched_totals(
+    workers: &[(u32, std::sync::Arc<WorkerCounters>)],
+    d: Direction,
+) -> Option<Vec<SchedLevelSnapshot>> {
+    let mut total: Option<Vec<SchedLevelSnapshot>> = None;
+    for (_, w) in workers {
+        if let Some(s) = w.sched(d).snapshot() {
+            match &mut total {
+                None => total = Some(s.levels),
+                Some(t) => {
+                    for (a, b) in t.iter_mut().zip(&s.levels) {
+                        a.add(b);
+                    }
+                }
+            }
+        }
+    }
+    total
+}
+
 /// All counters of one worker, one cache line per direction so that the
 /// reader never shares a line with the other direction's writes.
 pub struct WorkerCounters {
     pub lanes: [CachePadded<LaneCounters>; 2],
     pub path: CachePadded<PathCounters>,
+    /// The egress scheduler of each direction's tx port.
+    pub scheds: [CachePadded<SchedCounters>; 2],
 }
 
 impl WorkerCounters {
@@ -248,6 +484,7 @@ impl WorkerCounters {
         WorkerCounters {
             lanes: Default::default(),
             path: CachePadded::new(PathCounters::new(rules)),
+            scheds: Default::default(),
         }
     }
 
@@ -255,11 +492,17 @@ impl WorkerCounters {
         &self.lanes[d.index()]
     }
 
+    /// The scheduler counters of the egress `d` sends out of.
+    pub fn sched(&self, d: Direction) -> &SchedCounters {
+        &self.scheds[d.index()]
+    }
+
     pub fn snapshot(&self, lcore: u32, rule_names: &[String]) -> WorkerSnapshot {
         WorkerSnapshot {
             lcore,
             lanes: Direction::ALL.map(|d| self.lane(d).snapshot(d)).to_vec(),
             path: self.path.snapshot(rule_names),
+            scheds: Direction::ALL.map(|d| self.sched(d).snapshot()).to_vec(),
         }
     }
 }
@@ -313,13 +556,19 @@ pub struct LaneSnapshot {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub tx_full_drops: u64,
+    pub sched_drops: u64,
+    pub drained: u64,
 }
 
 impl LaneSnapshot {
     /// Packets received but neither sent nor counted as dropped. Zero after
     /// a clean shutdown; anything else is a bug.
     pub fn unaccounted(&self) -> i128 {
-        self.rx_packets as i128 - self.tx_packets as i128 - self.tx_full_drops as i128
+        self.rx_packets as i128
+            - self.tx_packets as i128
+            - self.tx_full_drops as i128
+            - self.sched_drops as i128
+            - self.drained as i128
     }
 }
 
@@ -329,6 +578,8 @@ pub struct WorkerSnapshot {
     pub lcore: u32,
     pub lanes: Vec<LaneSnapshot>,
     pub path: PathSnapshot,
+    /// Per direction (as `lanes`): its egress scheduler, if shaped.
+    pub scheds: Vec<Option<SchedSnapshot>>,
 }
 
 /// One port's final report.
@@ -388,6 +639,8 @@ impl RunReport {
                 s.tx_packets += l.tx_packets;
                 s.tx_bytes += l.tx_bytes;
                 s.tx_full_drops += l.tx_full_drops;
+                s.sched_drops += l.sched_drops;
+                s.drained += l.drained;
             }
         }
         t
@@ -458,6 +711,37 @@ impl fmt::Display for RunReport {
         }
         for w in &self.workers {
             write_path(f, w.lcore, &w.path)?;
+        }
+        for (i, port) in [(0, "upstream"), (1, "subscriber")] {
+            let mut total: Option<Vec<SchedLevelSnapshot>> = None;
+            for w in &self.workers {
+                if let Some(Some(s)) = w.scheds.get(i) {
+                    match &mut total {
+                        None => total = Some(s.levels.clone()),
+                        Some(t) => t.iter_mut().zip(&s.levels).for_each(|(a, b)| a.add(b)),
+                    }
+                }
+            }
+            let Some(levels) = total else { continue };
+            writeln!(
+                f,
+                "egress {port}: {:<6} {:>12} {:>10} {:>11} {:>9} {:>9} {:>9}",
+                "level", "sent pkts", "Mbit/s", "queue full", "AQM drop", "p50 ms", "p99 ms"
+            )?;
+            for l in levels.iter().filter(|l| l.enqueued > 0) {
+                let q = l.sojourn_percentiles(&[0.5, 0.99]);
+                writeln!(
+                    f,
+                    "egress {port}: {:<6} {:>12} {:>10.2} {:>11} {:>9} {:>9.2} {:>9.2}",
+                    l.level,
+                    l.sent,
+                    l.sent_bytes as f64 * 8.0 / self.elapsed_secs.max(1e-9) / 1e6,
+                    l.dropped_full,
+                    l.dropped_aqm,
+                    q[0] as f64 / 1e6,
+                    q[1] as f64 / 1e6
+                )?;
+            }
         }
         let conserved = if self.conserved() {
             "yes (rx = tx + counted drops)"

@@ -38,18 +38,22 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::classify::StaticRules;
-use crate::dpdk::{self, Burst, RxQueue, TxQueue};
+use crate::dpdk::{self, Burst, Mbuf, RxQueue, TxQueue, MAX_BURST};
 use crate::flow::{FlowDecision, FlowTable, Side};
-use crate::packet::{self, ActionSet, ApplyReport, FlowKey, Fragment, ReverseRewrite};
+use crate::packet::{self, ActionSet, ApplyReport, FlowKey, Fragment, Parsed, ReverseRewrite};
 use crate::packet::{PROTO_TCP, TCP_ACK, TCP_SYN};
+use crate::sched::{Packet as SchedPacket, Scheduler};
 use crate::stats::{Direction, PathCounters, WorkerCounters};
 use crate::tables::TablesReader;
+use crate::tables::BEST_EFFORT;
 
 /// One direction through the appliance on one worker.
 pub struct Lane {
     pub direction: Direction,
     pub rx: RxQueue,
     pub tx: TxQueue,
+    /// The egress scheduler, when the tx port is shaped.
+    pub sched: Option<LaneSched>,
 }
 
 /// Classification and per-flow state.
@@ -75,6 +79,11 @@ pub enum Mode {
 /// table evicts expired entries first. Run per burst it cost ~15 % of the
 /// rule path (a cache miss per entry looked at), so it runs rarely.
 const EXPIRE_EVERY: u32 = 256;
+
+/// Frames handled together by [`Pipeline::process_burst`]: enough misses
+/// in flight to hide the memory latency, few enough that the prefetched
+/// lines are still in L1 when used.
+const GROUP: usize = 16;
 const EXPIRE_BUDGET: usize = 64;
 
 impl Pipeline {
@@ -87,10 +96,12 @@ impl Pipeline {
         }
     }
 
-    /// The path for the next burst (after [`TablesReader::refresh`]).
+    /// The path for the next burst (after [`TablesReader::refresh`]). A
+    /// `scheduled` lane always takes the flow path: the scheduler needs
+    /// every packet's level and flow.
     #[inline]
-    pub fn mode(&self) -> Mode {
-        if !self.tables.is_inert() || !self.flows.is_empty() {
+    pub fn mode(&self, scheduled: bool) -> Mode {
+        if scheduled || !self.tables.is_inert() || !self.flows.is_empty() {
             Mode::Flows
         } else if self.rules.is_empty() {
             Mode::Bridge
@@ -108,7 +119,9 @@ impl Pipeline {
     }
 
     /// Handles one frame per static rules only, no flow state (the
-    /// stateless mode).
+    /// stateless mode). With [`StaticRules::stateless`] rules the only
+    /// action is a DSCP, so the packet is matched on its parsed fields
+    /// (no flow key unless a rule has a prefix) and the DSCP set directly.
     #[inline]
     pub fn process_stateless(&mut self, frame: &mut [u8], dir: Direction, c: &PathCounters) {
         let p = match packet::parse(frame) {
@@ -118,38 +131,108 @@ impl Pipeline {
                 return;
             }
         };
+        if !self.rules.stateless() {
+            return self.process_stateless_any(frame, &p, dir, c);
+        }
+        if let Some((rule, dscp)) = self.rules.classify_dscp(&p, frame, dir) {
+            c.rule_hit(rule);
+            if let Some(d) = dscp {
+                c.action(packet::Action::Dscp, packet::set_dscp(frame, &p, d));
+            }
+        }
+    }
+
+    /// [`Pipeline::process_stateless`] with rules that have more than a
+    /// DSCP (the stateless mode never has them): every action of the
+    /// matching rule, through the flow key.
+    #[cold]
+    #[inline(never)]
+    fn process_stateless_any(
+        &self,
+        frame: &mut [u8],
+        p: &packet::Parsed,
+        dir: Direction,
+        c: &PathCounters,
+    ) {
         let Some(key) = p.flow_key(frame, dir) else {
             return;
         };
         if let Some((rule, actions)) = self.rules.classify(&key) {
             c.rule_hit(rule);
-            for (a, o) in packet::apply_forward(frame, &p, &actions).requested() {
+            for (a, o) in packet::apply_forward(frame, p, &actions).requested() {
                 c.action(a, o);
             }
         }
     }
 
-    /// Handles one frame travelling in `dir` through the flow table; `now`
-    /// is the burst's TSC. Returns the packet's level.
+    /// Handles a burst travelling in `dir` through the flow table, `now`
+    /// being the burst's TSC, in groups of [`GROUP`] frames: every frame of
+    /// a group is parsed and its flow's buckets prefetched, then the
+    /// entries those buckets point at are prefetched, then each frame is
+    /// handled. The table's cache misses (a few million flows do not fit
+    /// in any cache) then overlap instead of following one another.
+    /// Counts each packet at its level.
     #[inline]
-    pub fn process(&mut self, frame: &mut [u8], dir: Direction, now: u64, c: &PathCounters) -> u8 {
-        let p = match packet::parse(frame) {
-            Ok(p) => p,
-            Err(e) => {
-                c.parse_error(e);
-                return self.default_level();
+    pub fn process_burst(
+        &mut self,
+        bufs: &mut [Mbuf],
+        dir: Direction,
+        now: u64,
+        c: &PathCounters,
+        meta: &mut Meta,
+    ) {
+        for (gi, group) in bufs.chunks_mut(GROUP).enumerate() {
+            let mut pre: [Option<(Parsed, FlowKey, u64)>; GROUP] = [None; GROUP];
+            for (m, slot) in group.iter_mut().zip(pre.iter_mut()) {
+                let frame = m.data_mut();
+                match packet::parse(frame) {
+                    Ok(p) => {
+                        if let Some(k) = p.flow_key(frame, dir) {
+                            *slot = Some((p, k, self.flows.prefetch(&k)));
+                        }
+                    }
+                    Err(e) => c.parse_error(e),
+                }
             }
-        };
-        let Some(key) = p.flow_key(frame, dir) else {
-            return self.default_level();
-        };
+            for (_, _, h) in pre.iter().flatten() {
+                self.flows.prefetch_entry(*h);
+            }
+            for (i, (m, slot)) in group.iter_mut().zip(pre.iter()).enumerate() {
+                let len = u64::from(m.pkt_len());
+                let (level, hash) = match slot {
+                    Some((p, k, h)) => (
+                        self.process_parsed(m.data_mut(), p, k, *h, now, c),
+                        (*h >> 16) as u32,
+                    ),
+                    None => (self.default_level(), 0),
+                };
+                c.level(level, 1, len);
+                if let Some(x) = meta.get_mut(gi * GROUP + i) {
+                    *x = (level, hash);
+                }
+            }
+        }
+    }
+
+    /// Handles one parsed frame (its flow key hashed by
+    /// [`FlowTable::prefetch`]); returns the packet's level.
+    #[inline]
+    fn process_parsed(
+        &mut self,
+        frame: &mut [u8],
+        p: &Parsed,
+        key: &FlowKey,
+        h: u64,
+        now: u64,
+        c: &PathCounters,
+    ) -> u8 {
         let flags = p.tcp_flags();
-        let (report, level) = match self.flows.lookup(&key, flags, now) {
+        let (report, level) = match self.flows.lookup_hashed(key, h, flags, now) {
             Some(hit) if hit.side == Side::Forward => {
                 let mut d = *hit.decision;
                 let handle = hit.handle;
                 if !d.pinned && !self.tables.is_current(d.stamp) {
-                    let fresh = self.tables.classify(&key);
+                    let fresh = self.tables.classify(key);
                     c.classified(fresh.source, true);
                     d = FlowDecision {
                         actions: ActionSet {
@@ -164,21 +247,21 @@ impl Pipeline {
                     };
                     self.flows.set_decision(handle, d);
                 }
-                (packet::apply_forward(frame, &p, &d.actions), d.level)
+                (packet::apply_forward(frame, p, &d.actions), d.level)
             }
             Some(hit) => (
-                packet::apply_reverse(frame, &p, hit.reverse),
+                packet::apply_reverse(frame, p, hit.reverse),
                 hit.decision.level,
             ),
             None => {
-                let d = self.decide(&key, flags, c);
+                let d = self.decide(key, flags, c);
                 if p.fragment() == Fragment::NonFirst {
                     // No ports: not a flow of its own. IP-header actions still apply.
-                    (packet::apply_forward(frame, &p, &d.actions), d.level)
+                    (packet::apply_forward(frame, p, &d.actions), d.level)
                 } else {
-                    let reverse = ReverseRewrite::for_forward(&key, &d.actions);
-                    match self.flows.insert(key, reverse, d, flags, now) {
-                        Ok(_) => (packet::apply_forward(frame, &p, &d.actions), d.level),
+                    let reverse = ReverseRewrite::for_forward(key, &d.actions);
+                    match self.flows.insert(*key, reverse, d, flags, now) {
+                        Ok(_) => (packet::apply_forward(frame, p, &d.actions), d.level),
                         // Another flow owns the reply key: a remap would make the
                         // two indistinguishable, so this one goes unrewritten
                         // (counted in the table's conflicts).
@@ -222,6 +305,28 @@ impl Pipeline {
     }
 }
 
+/// A shaped egress: the scheduler of the lane's tx port, and the burst it
+/// fills for tx.
+pub struct LaneSched {
+    pub sched: Scheduler<Mbuf>,
+    pub out: Burst,
+    /// Converts the TSC to the scheduler's nanoseconds.
+    pub ns_per_tsc: f64,
+    /// Plain FIFO (the comparison mode): every packet at best effort, one
+    /// queue.
+    pub fifo: bool,
+}
+
+impl SchedPacket for Mbuf {
+    #[inline]
+    fn frame_len(&self) -> u32 {
+        self.pkt_len()
+    }
+}
+
+/// Per-packet scheduling input: level and flow hash, by burst position.
+pub type Meta = [(u8, u32); MAX_BURST];
+
 /// A worker's whole state. Moved onto its lcore by [`crate::dpdk::launch`].
 pub struct Worker {
     pub lcore: u32,
@@ -233,63 +338,135 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Polls until the stop flag is raised, then returns 0. Nothing is held
-    /// between bursts, so once the loop ends every received packet has been
-    /// sent or counted as dropped.
+    /// Polls until the stop flag is raised, then empties the schedulers
+    /// (their packets are freed and counted as drained) and returns 0.
+    /// Once this returns, every received packet has been sent or counted.
     pub fn run(mut self) -> i32 {
         let mut burst = Burst::new();
+        let mut meta: Meta = [(BEST_EFFORT, 0); MAX_BURST];
         while !self.stop.load(Relaxed) {
-            self.poll(&mut burst);
+            self.poll(&mut burst, &mut meta);
+        }
+        for lane in &mut self.lanes {
+            if let Some(ls) = &mut lane.sched {
+                let mut n = 0u64;
+                ls.sched.drain(|m| {
+                    n += 1;
+                    drop(m);
+                });
+                ls.out.clear();
+                let c = self.counters.lane(lane.direction);
+                c.add_drained(n);
+                self.counters
+                    .sched(lane.direction)
+                    .publish(|l| ls.sched.counters(l));
+            }
         }
         0
     }
 
     /// One pass over every lane; returns the packets received.
     #[inline]
-    pub fn poll(&mut self, burst: &mut Burst) -> usize {
+    pub fn poll(&mut self, burst: &mut Burst, meta: &mut Meta) -> usize {
         let mut total = 0;
         for lane in &mut self.lanes {
             let n = lane.rx.rx(burst, self.burst);
-            if n == 0 {
-                continue;
-            }
-            total += n;
-            let bytes: u64 = burst.as_slice().iter().map(|m| m.pkt_len() as u64).sum();
+            let scheduled = lane.sched.is_some();
             let counters = self.counters.lane(lane.direction);
-            counters.add_rx(n as u64, bytes);
-            if let Some(pipe) = &mut self.pipeline {
-                let path = &self.counters.path;
-                pipe.tables.refresh();
-                match pipe.mode() {
-                    Mode::Bridge => path.level(pipe.default_level(), n as u64, bytes),
-                    Mode::Stateless => {
-                        for m in burst.as_mut_slice() {
-                            pipe.process_stateless(m.data_mut(), lane.direction, path);
+            let mut bytes = 0;
+            if n > 0 {
+                total += n;
+                bytes = burst
+                    .as_slice()
+                    .iter()
+                    .map(|m| u64::from(m.pkt_len()))
+                    .sum();
+                counters.add_rx(n as u64, bytes);
+                if let Some(pipe) = &mut self.pipeline {
+                    let path = &self.counters.path;
+                    pipe.tables.refresh();
+                    let level = pipe.default_level();
+                    match pipe.mode(scheduled) {
+                        Mode::Bridge => path.level(level, n as u64, bytes),
+                        Mode::Stateless => {
+                            for m in burst.as_mut_slice() {
+                                pipe.process_stateless(m.data_mut(), lane.direction, path);
+                            }
+                            path.level(level, n as u64, bytes);
                         }
-                        path.level(pipe.default_level(), n as u64, bytes);
-                    }
-                    Mode::Flows => {
-                        let now = dpdk::rdtsc();
-                        for m in burst.as_mut_slice() {
-                            let len = m.pkt_len() as u64;
-                            let level = pipe.process(m.data_mut(), lane.direction, now, path);
-                            path.level(level, 1, len);
+                        Mode::Flows => {
+                            let now = dpdk::rdtsc();
+                            pipe.process_burst(
+                                burst.as_mut_slice(),
+                                lane.direction,
+                                now,
+                                path,
+                                meta,
+                            );
+                            pipe.since_sweep += 1;
+                            if pipe.since_sweep >= EXPIRE_EVERY {
+                                pipe.since_sweep = 0;
+                                pipe.flows.expire(now, EXPIRE_BUDGET);
+                            }
+                            path.publish_flows(&pipe.flows.counters(), pipe.flows.len());
                         }
-                        pipe.since_sweep += 1;
-                        if pipe.since_sweep >= EXPIRE_EVERY {
-                            pipe.since_sweep = 0;
-                            pipe.flows.expire(now, EXPIRE_BUDGET);
-                        }
-                        path.publish_flows(&pipe.flows.counters(), pipe.flows.len());
                     }
                 }
             }
-            let out = lane.tx.tx(burst);
-            counters.add_tx(
-                out.sent as u64,
-                bytes - out.dropped_bytes,
-                out.dropped as u64,
-            );
+            match &mut lane.sched {
+                None => {
+                    if n > 0 {
+                        let out = lane.tx.tx(burst);
+                        counters.add_tx(
+                            out.sent as u64,
+                            bytes - out.dropped_bytes,
+                            out.dropped as u64,
+                        );
+                    }
+                }
+                Some(ls) => {
+                    if n == 0 && ls.sched.is_empty() {
+                        continue;
+                    }
+                    let now = (dpdk::rdtsc() as f64 * ls.ns_per_tsc) as u64;
+                    let mut refused = 0u64;
+                    burst.drain(|i, m| {
+                        let (level, hash) = match meta.get(i) {
+                            Some(&m) if !ls.fifo => m,
+                            _ => (BEST_EFFORT, 0),
+                        };
+                        if ls.sched.enqueue(m, level, hash, now).is_err() {
+                            // Handed back by a full level: freed here.
+                            refused += 1;
+                        }
+                    });
+                    let mut aqm = 0u64;
+                    let out = &mut ls.out;
+                    let sojourn = self.counters.sched(lane.direction);
+                    ls.sched.dequeue(
+                        now,
+                        self.burst,
+                        |m, level, ns| {
+                            sojourn.record(level, ns);
+                            // At most `burst` packets: the burst has room.
+                            let _ = out.push(m);
+                        },
+                        |_, _| aqm += 1,
+                    );
+                    counters.add_sched_drops(refused + aqm);
+                    if !out.is_empty() {
+                        let bytes: u64 =
+                            out.as_slice().iter().map(|m| u64::from(m.pkt_len())).sum();
+                        let sent = lane.tx.tx(out);
+                        counters.add_tx(
+                            sent.sent as u64,
+                            bytes - sent.dropped_bytes,
+                            sent.dropped as u64,
+                        );
+                    }
+                    sojourn.publish(|l| ls.sched.counters(l));
+                }
+            }
         }
         total
     }

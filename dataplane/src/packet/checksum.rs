@@ -47,6 +47,18 @@ impl Delta {
             .word32(old as u32, new as u32)
     }
 
+    /// Adds a changed low byte of a 16-bit word whose high byte stays (the
+    /// IPv4 TOS next to version/IHL): `~m + m'` is `0xFFFF - old + new`
+    /// whatever the high byte, so it need not be read.
+    #[inline(always)]
+    #[must_use]
+    pub fn low_byte(self, old: u8, new: u8) -> Delta {
+        Delta(
+            self.0
+                .wrapping_add(0xffff - u64::from(old) + u64::from(new)),
+        )
+    }
+
     /// Adds a changed big-endian 16-bit value that sits at an odd offset of
     /// the checksummed data (a TCP option value after a single NOP): its two
     /// bytes fall in two different words. Byte-swapping commutes with the
@@ -180,6 +192,20 @@ mod tests {
             let (o, n) = (old as u32, new as u32);
             let narrow = Delta::default().word((o >> 16) as u16, (n >> 16) as u16).word(o as u16, n as u16);
             prop_assert_eq!(update(hc, Delta::default().word32(o, n)), update(hc, narrow));
+        }
+
+        #[test]
+        fn low_byte_gives_the_same_delta_as_the_word(
+            hc in any::<u16>(),
+            high in any::<u8>(),
+            old in any::<u8>(),
+            new in any::<u8>(),
+        ) {
+            let word = |lo: u8| u16::from_be_bytes([high, lo]);
+            prop_assert_eq!(
+                update(hc, Delta::default().low_byte(old, new)),
+                update(hc, Delta::default().word(word(old), word(new)))
+            );
         }
 
         #[test]

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`parse`](mod@parse): Ethernet with 0-2 VLAN tags, IPv4 (options) or
-//!   IPv6 (extension-header chain), TCP/UDP, fragments. Yields a 24-byte
+//!   IPv6 (extension-header chain), TCP/UDP, fragments. Yields a 16-byte
 //!   `Copy` [`Parsed`] of offsets and fields, and on demand a [`FlowKey`].
 //! - [`rewrite`]: the actions (DSCP, destination/source port, destination/
 //!   source address, MSS clamp), each reporting an [`Outcome`], and the

@@ -2,7 +2,7 @@
 //! (with its extension-header chain), then TCP or UDP.
 //!
 //! It reads only through `get()`, never indexes, never allocates and never
-//! copies the packet; the result is a 24-byte [`Parsed`] of offsets and a few
+//! copies the packet; the result is a 16-byte [`Parsed`] of offsets and a few
 //! header fields. Every malformed input is an [`Err`] naming what was wrong,
 //! usable as a counter index.
 //!
@@ -10,6 +10,7 @@
 //! over the first segment of a possibly chained mbuf, and only the headers
 //! must be in it. Headers must lie inside both the frame and the IP datagram.
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 
 use crate::stats::Direction;
 
@@ -46,9 +47,27 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 
-// Parsed::flags bits.
-const F_AH: u8 = 0x01;
-const F_SOURCE_ROUTED: u8 = 0x02;
+// The layout of `Parsed::at` (where things are in the frame).
+const AT_L4_OFF: u32 = 0; // 16 bits
+const AT_IP_END: u32 = 16; // 17 bits: at most 22 + 40 + 65535
+const AT_L3_OFF: u32 = 33; // 5 bits: 14, 18 or 22
+const AT_VLAN: u32 = 38; // 26 bits: the VLAN key, see `Parsed::vlan_key`
+const IP_END_MASK: u64 = (1 << 17) - 1;
+const L3_OFF_MASK: u64 = (1 << 5) - 1;
+
+// The layout of `Parsed::info` (header fields). The version nibble (4 or 6)
+// is never 0, so neither is the word: `Result<Parsed, ParseError>` keeps
+// its error in that niche and stays 16 bytes, returned in two registers.
+const IN_SRC_PORT: u32 = 0; // 16 bits
+const IN_DST_PORT: u32 = 16; // 16 bits
+const IN_PROTO: u32 = 32; // 8 bits
+const IN_TCP_FLAGS: u32 = 40; // 8 bits
+const IN_TCP_DOFF: u32 = 48; // 4 bits: TCP header length / 4
+const IN_L4: u32 = 52; // 2 bits: `L4`
+const IN_FRAG: u32 = 54; // 2 bits: `Fragment`
+const IN_VERSION: u32 = 56; // 4 bits: 4 or 6
+const F_AH: u64 = 1 << 60;
+const F_SOURCE_ROUTED: u64 = 1 << 61;
 
 /// Why a frame could not be parsed. `#[repr(u8)]` so that it indexes a
 /// counter array of [`ParseError::COUNT`] slots; [`ParseError::name`] is the
@@ -173,114 +192,136 @@ pub enum Fragment {
 }
 
 /// The result of [`parse`]: offsets into the frame plus the header fields the
-/// fast path needs. `Copy`, 24 bytes, built without copying the packet. Only
+/// fast path needs. `Copy`, 16 bytes, built without copying the packet. Only
 /// [`parse`] builds one, so its offsets always describe headers that were
 /// inside the parsed frame; the actions still re-check every access, so
 /// applying a `Parsed` to another (shorter) buffer cannot panic either.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// The fields are packed into two words behind the accessors. As a struct
+/// of byte and u16 fields it was assembled on the stack with narrow stores
+/// and copied out with wide loads: a store-forwarding stall on every packet
+/// (a third of the stateless rule path's own time in `perf`). Two words,
+/// and a `Result` of the same size, stay in registers.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Parsed {
-    l3_off: u16,
-    l4_off: u16,
-    ip_end: u32,
-    vlan_ids: [u16; 2],
-    src_port: u16,
-    dst_port: u16,
-    vlan_count: u8,
-    version: IpVersion,
-    proto: u8,
-    l4: L4,
-    frag: Fragment,
-    tcp_flags: u8,
-    tcp_hlen: u8,
-    flags: u8,
+    /// Offsets and VLANs; see the `AT_*` constants.
+    at: u64,
+    /// Protocol fields and flags; see the `IN_*` constants.
+    info: NonZeroU64,
 }
 
 impl Parsed {
+    /// Builds one from its two words; `info` holds the version nibble, so
+    /// it is not 0 (the fallback is unreachable and folds away).
+    #[inline(always)]
+    fn from_words(at: u64, info: u64) -> Parsed {
+        Parsed {
+            at,
+            info: NonZeroU64::new(info).unwrap_or(NonZeroU64::MIN),
+        }
+    }
+
+    #[inline(always)]
+    fn info(&self) -> u64 {
+        self.info.get()
+    }
+
     /// Offset of the IP header.
     #[inline]
     pub fn l3_offset(&self) -> usize {
-        usize::from(self.l3_off)
+        ((self.at >> AT_L3_OFF) & L3_OFF_MASK) as usize
     }
     /// Offset of the L4 header (the byte after the last IP extension header;
     /// for a non-first fragment, where its payload starts).
     #[inline]
     pub fn l4_offset(&self) -> usize {
-        usize::from(self.l4_off)
+        usize::from((self.at >> AT_L4_OFF) as u16)
     }
     /// Offset just past the IP datagram as its length field says. Bytes after
     /// it are Ethernet padding; it may exceed the frame's length (the rest is
     /// in further mbuf segments).
     #[inline]
     pub fn ip_end(&self) -> usize {
-        self.ip_end as usize
+        ((self.at >> AT_IP_END) & IP_END_MASK) as usize
     }
     #[inline]
     pub fn version(&self) -> IpVersion {
-        self.version
+        if (self.info() >> IN_VERSION) & 0x0f == IpVersion::V6 as u64 {
+            IpVersion::V6
+        } else {
+            IpVersion::V4
+        }
     }
     /// IPv4 protocol or the last IPv6 next-header value (after skipping the
     /// extension headers): 6 for TCP, 17 for UDP, 50 for ESP, ...
     #[inline]
     pub fn proto(&self) -> u8 {
-        self.proto
+        (self.info() >> IN_PROTO) as u8
     }
     #[inline]
     pub fn l4(&self) -> L4 {
-        self.l4
+        match (self.info() >> IN_L4) & 3 {
+            x if x == L4::Tcp as u64 => L4::Tcp,
+            x if x == L4::Udp as u64 => L4::Udp,
+            _ => L4::None,
+        }
     }
     #[inline]
     pub fn fragment(&self) -> Fragment {
-        self.frag
+        match (self.info() >> IN_FRAG) & 3 {
+            x if x == Fragment::First as u64 => Fragment::First,
+            x if x == Fragment::NonFirst as u64 => Fragment::NonFirst,
+            _ => Fragment::None,
+        }
     }
     /// Number of VLAN tags (0, 1 or 2).
     #[inline]
     pub fn vlan_count(&self) -> u8 {
-        self.vlan_count
+        (self.vlan_key() >> 24) as u8
     }
     /// VLAN IDs (outer, inner); 0 where there is no tag.
     #[inline]
     pub fn vlan_ids(&self) -> [u16; 2] {
-        self.vlan_ids
+        let k = self.vlan_key();
+        [((k >> 12) & 0x0fff) as u16, (k & 0x0fff) as u16]
     }
     /// The VLAN part of a flow key: `count << 24 | outer << 12 | inner`.
     #[inline]
     pub fn vlan_key(&self) -> u32 {
-        (u32::from(self.vlan_count) << 24)
-            | (u32::from(self.vlan_ids[0]) << 12)
-            | u32::from(self.vlan_ids[1])
+        (self.at >> AT_VLAN) as u32
     }
     /// TCP/UDP source port; 0 without an L4 header.
     #[inline]
     pub fn src_port(&self) -> u16 {
-        self.src_port
+        (self.info() >> IN_SRC_PORT) as u16
     }
     /// TCP/UDP destination port; 0 without an L4 header.
     #[inline]
     pub fn dst_port(&self) -> u16 {
-        self.dst_port
+        (self.info() >> IN_DST_PORT) as u16
     }
     /// TCP flags byte ([`TCP_SYN`], ...); 0 unless TCP.
     #[inline]
     pub fn tcp_flags(&self) -> u8 {
-        self.tcp_flags
+        (self.info() >> IN_TCP_FLAGS) as u8
     }
     /// TCP header length in bytes, options included (20..=60); 0 unless TCP.
     #[inline]
     pub fn tcp_header_len(&self) -> usize {
-        usize::from(self.tcp_hlen)
+        ((self.info() >> IN_TCP_DOFF) & 0x0f) as usize * 4
     }
     /// An IPsec AH header was skipped: it authenticates the addresses, the
     /// ports and the payload, so only DSCP may be rewritten.
     #[inline]
     pub fn has_ah(&self) -> bool {
-        self.flags & F_AH != 0
+        self.info() & F_AH != 0
     }
     /// An IPv4 LSRR/SSRR option, or an IPv6 routing header with segments
     /// left: the destination field is not the final destination, and the L4
     /// pseudo-header uses the final one, so addresses are not rewritten.
     #[inline]
     pub fn is_source_routed(&self) -> bool {
-        self.flags & F_SOURCE_ROUTED != 0
+        self.info() & F_SOURCE_ROUTED != 0
     }
 
     /// The flow key of this packet, read from `buf` (the buffer it was parsed
@@ -290,7 +331,8 @@ impl Parsed {
     #[inline]
     pub fn flow_key(&self, buf: &[u8], direction: Direction) -> Option<FlowKey> {
         let l3 = self.l3_offset();
-        let (src, dst) = match self.version {
+        let version = self.version();
+        let (src, dst) = match version {
             IpVersion::V4 => {
                 let a = arr::<8>(buf, l3 + 12)?;
                 let w = u64::from_be_bytes(a);
@@ -304,13 +346,35 @@ impl Parsed {
         Some(FlowKey {
             src,
             dst,
-            src_port: self.src_port,
-            dst_port: self.dst_port,
+            src_port: self.src_port(),
+            dst_port: self.dst_port(),
             vlan: self.vlan_key(),
-            proto: self.proto,
-            version: self.version,
+            proto: self.proto(),
+            version,
             direction,
         })
+    }
+}
+
+impl std::fmt::Debug for Parsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parsed")
+            .field("l3_off", &self.l3_offset())
+            .field("l4_off", &self.l4_offset())
+            .field("ip_end", &self.ip_end())
+            .field("vlan_count", &self.vlan_count())
+            .field("vlan_ids", &self.vlan_ids())
+            .field("version", &self.version())
+            .field("proto", &self.proto())
+            .field("l4", &self.l4())
+            .field("frag", &self.fragment())
+            .field("src_port", &self.src_port())
+            .field("dst_port", &self.dst_port())
+            .field("tcp_flags", &self.tcp_flags())
+            .field("tcp_hlen", &self.tcp_header_len())
+            .field("ah", &self.has_ah())
+            .field("source_routed", &self.is_source_routed())
+            .finish()
     }
 }
 
@@ -425,7 +489,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, ParseError> {
     };
     match l2.ethertype {
         ETHERTYPE_IPV4 => parse_ipv4(buf, l2),
-        ETHERTYPE_IPV6 => parse_ipv6(buf, l2.l3, l2.vlan_count, l2.vlan_ids),
+        ETHERTYPE_IPV6 => parse_ipv6(buf, l2.l3, l2.vlan),
         _ => Err(ParseError::NotIp),
     }
 }
@@ -440,17 +504,24 @@ fn is_tpid(t: u16) -> bool {
 struct L2 {
     l3: usize,
     ethertype: u16,
-    vlan_count: u8,
-    vlan_ids: [u16; 2],
+    /// The VLAN key (see [`Parsed::vlan_key`]).
+    vlan: u32,
 }
 
 impl L2 {
     const UNTAGGED: L2 = L2 {
         l3: ETH_HLEN,
         ethertype: ETHERTYPE_IPV4,
-        vlan_count: 0,
-        vlan_ids: [0; 2],
+        vlan: 0,
     };
+
+    /// The `at` word of a [`Parsed`] without its L4 offset.
+    #[inline(always)]
+    fn at(self, ip_end: usize) -> u64 {
+        (ip_end as u64) << AT_IP_END
+            | (self.l3 as u64) << AT_L3_OFF
+            | u64::from(self.vlan) << AT_VLAN
+    }
 }
 
 /// One or two VLAN tags; the outer TPID was already checked.
@@ -459,17 +530,17 @@ fn parse_vlans(buf: &[u8]) -> Result<L2, ParseError> {
     use ParseError::*;
 
     let [t0, t1, e0, e1] = arr::<4>(buf, ETH_HLEN).ok_or(TruncatedEthernet)?;
+    let outer = u32::from(u16::from_be_bytes([t0, t1]) & 0x0fff);
     let mut l2 = L2 {
         l3: ETH_HLEN + VLAN_HLEN,
         ethertype: u16::from_be_bytes([e0, e1]),
-        vlan_count: 1,
-        vlan_ids: [u16::from_be_bytes([t0, t1]) & 0x0fff, 0],
+        vlan: 1 << 24 | outer << 12,
     };
     if l2.ethertype == TPID_8021Q {
         let [t0, t1, e0, e1] = arr::<4>(buf, l2.l3).ok_or(TruncatedEthernet)?;
-        l2.vlan_ids[1] = u16::from_be_bytes([t0, t1]) & 0x0fff;
+        let inner = u32::from(u16::from_be_bytes([t0, t1]) & 0x0fff);
+        l2.vlan = 2 << 24 | outer << 12 | inner;
         l2.ethertype = u16::from_be_bytes([e0, e1]);
-        l2.vlan_count = 2;
         l2.l3 += VLAN_HLEN;
     }
     if is_tpid(l2.ethertype) {
@@ -478,65 +549,31 @@ fn parse_vlans(buf: &[u8]) -> Result<L2, ParseError> {
     Ok(l2)
 }
 
-/// The transport part of a [`Parsed`], packed into one word:
-/// `l4 | src_port << 8 | dst_port << 24 | tcp_flags << 40 | tcp_hlen << 48`.
-/// As a struct of small fields, the compiler built it on the stack with
-/// narrow stores and read it back with a wide load: a store-forwarding stall
-/// on every packet (~13 % of the rule path in `perf`). A word stays in a
-/// register.
+/// The transport part of a [`Parsed`]: its `info` bits for the ports, the
+/// TCP flags and data offset, and the [`L4`] kind. A word, so that it stays
+/// in a register.
 #[derive(Clone, Copy)]
 struct L4Info(u64);
 
 impl L4Info {
     #[inline(always)]
-    fn new(l4: L4, src_port: u16, dst_port: u16, tcp_flags: u8, tcp_hlen: u8) -> L4Info {
+    fn new(l4: L4, src_port: u16, dst_port: u16, tcp_flags: u8, tcp_doff: u8) -> L4Info {
         L4Info(
-            l4 as u64
-                | u64::from(src_port) << 8
-                | u64::from(dst_port) << 24
-                | u64::from(tcp_flags) << 40
-                | u64::from(tcp_hlen) << 48,
+            (l4 as u64) << IN_L4
+                | u64::from(src_port) << IN_SRC_PORT
+                | u64::from(dst_port) << IN_DST_PORT
+                | u64::from(tcp_flags) << IN_TCP_FLAGS
+                | u64::from(tcp_doff & 0x0f) << IN_TCP_DOFF,
         )
     }
 }
 
-const NO_L4: L4Info = L4Info(L4::None as u64);
+const NO_L4: L4Info = L4Info((L4::None as u64) << IN_L4);
 
+/// The `info` bits of the IP version, protocol and fragment position.
 #[inline(always)]
-fn parsed(l2: L2, l4_off: usize, ip_end: usize, version: IpVersion, proto: u8) -> Parsed {
-    Parsed {
-        l3_off: l2.l3 as u16,
-        l4_off: l4_off as u16,
-        ip_end: ip_end as u32,
-        vlan_ids: l2.vlan_ids,
-        src_port: 0,
-        dst_port: 0,
-        vlan_count: l2.vlan_count,
-        version,
-        proto,
-        l4: L4::None,
-        frag: Fragment::None,
-        tcp_flags: 0,
-        tcp_hlen: 0,
-        flags: 0,
-    }
-}
-
-impl Parsed {
-    #[inline(always)]
-    fn with_l4(mut self, i: L4Info) -> Parsed {
-        let w = i.0;
-        self.l4 = match w as u8 {
-            x if x == L4::Tcp as u8 => L4::Tcp,
-            x if x == L4::Udp as u8 => L4::Udp,
-            _ => L4::None,
-        };
-        self.src_port = (w >> 8) as u16;
-        self.dst_port = (w >> 24) as u16;
-        self.tcp_flags = (w >> 40) as u8;
-        self.tcp_hlen = (w >> 48) as u8;
-        self
-    }
+fn ip_info(version: IpVersion, proto: u8, frag: Fragment) -> u64 {
+    (version as u64) << IN_VERSION | u64::from(proto) << IN_PROTO | (frag as u64) << IN_FRAG
 }
 
 #[inline(always)]
@@ -562,35 +599,42 @@ fn parse_ipv4(buf: &[u8], l2: L2) -> Result<Parsed, ParseError> {
     if hdr_end > buf.len() {
         return Err(TruncatedIp);
     }
-    // At most 22 + 65535: fits the u32, and `hdr_end` (<= 82) the u16.
+    // At most 22 + 65535: fits the 17 bits, and `hdr_end` (<= 82) the 16.
     let ip_end = off + total;
-    let mut p = parsed(l2, hdr_end, ip_end, IpVersion::V4, proto);
+    let at = l2.at(ip_end);
+    let mut flags = 0;
     if ihl > 20 && buf.get(off + 20..hdr_end).is_some_and(ipv4_source_routed) {
-        p.flags |= F_SOURCE_ROUTED;
+        flags |= F_SOURCE_ROUTED;
     }
     let frag = u16::from_be_bytes([fr0, fr1]);
     if frag & 0x1fff != 0 {
         // A later fragment: its payload is no header of ours.
-        p.frag = Fragment::NonFirst;
-        return Ok(p);
+        let info = ip_info(IpVersion::V4, proto, Fragment::NonFirst) | flags;
+        return Ok(Parsed::from_words(at | hdr_end as u64, info));
     }
-    if frag & 0x2000 != 0 {
-        p.frag = Fragment::First;
-    }
+    let frag = if frag & 0x2000 != 0 {
+        Fragment::First
+    } else {
+        Fragment::None
+    };
     let limit = ip_end.min(buf.len());
     let mut l4_off = hdr_end;
+    let mut proto = proto;
     if proto == PROTO_AH {
         let [next, len] = arr::<2>(buf, l4_off).ok_or(TruncatedExtHeader)?;
-        // At most 82 + 1028: still fits the u16.
+        // At most 82 + 1028: still fits the 16 bits.
         l4_off += (usize::from(len) + 2) * 4;
         if l4_off > limit {
             return Err(TruncatedExtHeader);
         }
-        p.proto = next;
-        p.flags |= F_AH;
-        p.l4_off = l4_off as u16;
+        proto = next;
+        flags |= F_AH;
     }
-    Ok(p.with_l4(parse_l4(buf, l4_off, limit, p.proto)?))
+    let l4 = parse_l4(buf, l4_off, limit, proto)?;
+    Ok(Parsed::from_words(
+        at | l4_off as u64,
+        ip_info(IpVersion::V4, proto, frag) | flags | l4.0,
+    ))
 }
 
 /// True if the IPv4 options hold a loose or strict source route (131, 137).
@@ -612,21 +656,16 @@ fn ipv4_source_routed(opts: &[u8]) -> bool {
 }
 
 /// The IPv6 header, its extension-header chain, then L4. Out of line: the
-/// chain walk is a loop and would bloat every caller of [`parse`].
+/// chain walk is a loop and would bloat every caller of [`parse`]. (Its
+/// 16-byte result comes back in registers.)
 #[inline(never)]
-fn parse_ipv6(
-    buf: &[u8],
-    off: usize,
-    vlan_count: u8,
-    vlan_ids: [u16; 2],
-) -> Result<Parsed, ParseError> {
+fn parse_ipv6(buf: &[u8], off: usize, vlan: u32) -> Result<Parsed, ParseError> {
     use ParseError::*;
 
     let l2 = L2 {
         l3: off,
         ethertype: ETHERTYPE_IPV6,
-        vlan_count,
-        vlan_ids,
+        vlan,
     };
     let [v, _, _, _, pl0, pl1, mut nh, _hop] = arr::<8>(buf, off).ok_or(TruncatedIp)?;
     if buf.len() < off + 40 {
@@ -636,7 +675,8 @@ fn parse_ipv6(
         return Err(BadIpVersion);
     }
     let ip_end = off + 40 + usize::from(u16::from_be_bytes([pl0, pl1]));
-    let mut p = parsed(l2, 0, ip_end, IpVersion::V6, 0);
+    let mut flags = 0;
+    let mut frag = Fragment::None;
     let limit = ip_end.min(buf.len());
     let mut cur = off + 40;
     let mut seen = 0;
@@ -649,7 +689,7 @@ fn parse_ipv6(
                     // Segments left is byte 3; the header is at least 8 bytes.
                     let left = byte(buf, cur + 3).ok_or(TruncatedExtHeader)?;
                     if left != 0 {
-                        p.flags |= F_SOURCE_ROUTED;
+                        flags |= F_SOURCE_ROUTED;
                     }
                 }
                 nh = next;
@@ -659,16 +699,16 @@ fn parse_ipv6(
                 let [next, _, o0, o1] = arr::<4>(buf, cur).ok_or(TruncatedExtHeader)?;
                 let fo = u16::from_be_bytes([o0, o1]);
                 if fo & 0xfff8 != 0 {
-                    p.frag = Fragment::NonFirst;
+                    frag = Fragment::NonFirst;
                 } else if fo & 1 != 0 {
-                    p.frag = Fragment::First;
+                    frag = Fragment::First;
                 }
                 nh = next;
                 8
             }
             PROTO_AH => {
                 let [next, hlen] = arr::<2>(buf, cur).ok_or(TruncatedExtHeader)?;
-                p.flags |= F_AH;
+                flags |= F_AH;
                 nh = next;
                 (usize::from(hlen) + 2) * 4
             }
@@ -683,18 +723,20 @@ fn parse_ipv6(
         if cur > limit {
             return Err(TruncatedExtHeader);
         }
-        if p.frag == Fragment::NonFirst {
+        if frag == Fragment::NonFirst {
             // What follows is the middle of someone else's payload.
             break;
         }
     }
-    p.proto = nh;
-    // At most 62 + 8 * 2 KiB of extension headers: fits the u16.
-    p.l4_off = u16::try_from(cur).map_err(|_| TooManyExtHeaders)?;
-    if p.frag == Fragment::NonFirst {
-        return Ok(p);
+    // At most 62 + 8 * 2 KiB of extension headers: fits the 16 bits.
+    let l4_off = u16::try_from(cur).map_err(|_| TooManyExtHeaders)?;
+    let at = l2.at(ip_end) | u64::from(l4_off);
+    let info = ip_info(IpVersion::V6, nh, frag) | flags;
+    if frag == Fragment::NonFirst {
+        return Ok(Parsed::from_words(at, info));
     }
-    Ok(p.with_l4(parse_l4(buf, cur, limit, nh)?))
+    let l4 = parse_l4(buf, cur, limit, nh)?;
+    Ok(Parsed::from_words(at, info | l4.0))
 }
 
 /// TCP or UDP header at `off`, which must end by `limit` (the end of the
@@ -727,7 +769,7 @@ fn parse_l4(buf: &[u8], off: usize, limit: usize, proto: u8) -> Result<L4Info, P
                 (ports >> 16) as u16,
                 ports as u16,
                 flags,
-                hlen as u8,
+                doff >> 4,
             ))
         }
         PROTO_UDP => {
@@ -835,7 +877,9 @@ mod tests {
     fn parsed_is_small_and_copy() {
         fn is_copy<T: Copy>() {}
         is_copy::<Parsed>();
-        assert!(std::mem::size_of::<Parsed>() <= 24);
+        assert_eq!(std::mem::size_of::<Parsed>(), 16);
+        // The error hides in the niche: the result fits two registers.
+        assert_eq!(std::mem::size_of::<Result<Parsed, ParseError>>(), 16);
     }
 
     #[test]

@@ -452,10 +452,8 @@ pub fn set_dscp(buf: &mut [u8], p: &Parsed, dscp: Dscp) -> Outcome {
             if tos == new_tos {
                 return Outcome::Unchanged;
             }
-            let d = Delta::default().word(
-                u16::from_be_bytes([h[0], tos]),
-                u16::from_be_bytes([h[0], new_tos]),
-            );
+            // The word [version/IHL, TOS] changes in its low byte only.
+            let d = Delta::default().low_byte(tos, new_tos);
             let c = checksum::update(u16::from_be_bytes([h[10], h[11]]), d);
             h[1] = new_tos;
             [h[10], h[11]] = c.to_be_bytes();

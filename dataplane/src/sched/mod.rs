@@ -15,10 +15,12 @@
 //! - **Work-conserving**: a strict level over its ceiling may still send
 //!   when no shared level has anything to send (it borrows idle capacity;
 //!   the ceiling only protects the others).
-//! - **Flow fairness**: a level with `flow_queues > 1` (default: best
-//!   effort, 32) hashes flows into that many sub-queues served by DRR with
-//!   one-MTU quanta, so one bulk flow cannot starve another (the reason
-//!   people deploy CAKE/fq_codel).
+//! - **Flow fairness**: a level with `flow_queues > 1` hashes flows into
+//!   that many sub-queues served by DRR with one-MTU quanta, so one bulk
+//!   flow cannot starve another, nor delay a ping behind its queue (the
+//!   reason people deploy CAKE/fq_codel). Defaults: 32 in best effort, 8
+//!   in every other level but scavenger. A premium TCP flow held to its
+//!   ceiling fills only its own sub-queue, not its level's.
 //! - **AQM**: levels marked elastic (default: the shared ones) run CoDel
 //!   (RFC 8289) per queue on the sojourn time, measured from each packet's
 //!   enqueue timestamp. Defaults: target 5 ms, interval 100 ms.
@@ -119,7 +121,7 @@ impl SchedConfig {
             ceiling_bps: ceiling(pct),
             weight: 1,
             aqm: false,
-            flow_queues: 1,
+            flow_queues: 8,
             max_packets: queue_packets,
             max_bytes: queue_packets.saturating_mul(1600),
         };
@@ -141,9 +143,9 @@ impl SchedConfig {
                 strict(30),
                 strict(40),
                 strict(50),
-                shared(8, 1),
+                shared(8, 8),
                 shared(4, 32),
-                shared(2, 1),
+                shared(2, 8),
                 shared(1, 1),
             ],
             codel: CodelConfig::default(),
@@ -263,6 +265,39 @@ struct Fifo<P> {
     bytes: u64,
     codel: Codel,
     deficit: i64,
+    /// The flow hash of the packets queued (valid while not empty).
+    tag: u32,
+}
+
+/// Ways of the set-associative flow-queue lookup.
+const WAYS: usize = 8;
+
+/// The flow queue of `hash` among `fifos`: set-associative, as CAKE does.
+/// The hash picks a home queue and its set of [`WAYS`] neighbours; the
+/// flow goes to the queue of the set already holding it, else to an empty
+/// one, else (more than eight busy flows in the set) shares its home
+/// queue. So two flows share a queue only when a set is full, not on
+/// every hash collision.
+#[inline]
+fn flow_queue<P>(fifos: &[Fifo<P>], hash: u32) -> usize {
+    let n = fifos.len();
+    if n <= 1 {
+        return 0;
+    }
+    let home = ((u64::from(hash) * n as u64) >> 32) as usize;
+    let ways = WAYS.min(n);
+    let base = (home - home % ways).min(n - ways);
+    let mut empty = None;
+    for k in 0..ways {
+        let i = base + (home - base + k) % ways;
+        let Some(f) = fifos.get(i) else { continue };
+        if f.q.is_empty() {
+            empty.get_or_insert(i);
+        } else if f.tag == hash {
+            return i;
+        }
+    }
+    empty.unwrap_or(home)
 }
 
 impl<P> Fifo<P> {
@@ -272,6 +307,7 @@ impl<P> Fifo<P> {
             bytes: 0,
             codel: Codel::default(),
             deficit: 0,
+            tag: 0,
         }
     }
 
@@ -349,13 +385,12 @@ impl<P: Packet> Scheduler<P> {
             if l.ceiling_bps == Some(0) {
                 return Err(bad("a ceiling must be above 0 bit/s"));
             }
-            let per = (l.max_packets as usize)
-                .div_ceil(l.flow_queues as usize)
-                .max(1);
+            // One flow may hold up to a quarter of its level (the level's
+            // limits still bound the total).
             let per = if l.flow_queues == 1 {
                 l.max_packets as usize
             } else {
-                per * 2
+                (l.max_packets as usize / 4).max(16)
             };
             levels.push(Level {
                 cfg: *l,
@@ -416,12 +451,7 @@ impl<P: Packet> Scheduler<P> {
             l.counters.dropped_full += 1;
             return Err(p);
         }
-        let n = l.fifos.len();
-        let fi = if n == 1 {
-            0
-        } else {
-            (u64::from(flow_hash) * n as u64 >> 32) as usize
-        };
+        let fi = flow_queue(&l.fifos, flow_hash);
         let Some(f) = l.fifos.get_mut(fi) else {
             return Err(p);
         };
@@ -429,6 +459,9 @@ impl<P: Packet> Scheduler<P> {
             // One flow filled its share of a flow-queued level.
             l.counters.dropped_full += 1;
             return Err(p);
+        }
+        if f.q.is_empty() {
+            f.tag = flow_hash;
         }
         f.q.push_back(Queued { p, at: now, len });
         f.bytes += u64::from(len);

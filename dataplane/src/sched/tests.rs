@@ -339,3 +339,61 @@ fn bad_configs_are_refused() {
     c.levels[6].weight = 0;
     assert!(Scheduler::<Pkt>::new(c).is_err());
 }
+
+#[test]
+fn a_sparse_flow_beside_a_saturating_one_in_a_capped_level_waits_little() {
+    let rate = 50_000_000;
+    let alive = Rc::new(Cell::new(0));
+    let mut s = Scheduler::new(SchedConfig::reference(Some(rate), 512)).unwrap();
+    let mut worst = 0u64;
+    let mut now = 0;
+    let mut sparse = 0;
+    while now < SEC {
+        // The premium flow keeps 100 packets queued (a TCP window held to
+        // the level's ceiling), best effort stays backlogged too.
+        while s.counters(3).depth < 100 {
+            s.enqueue(Pkt::new(1514, 1, &alive), 3, 0x1234_5678, now)
+                .unwrap();
+        }
+        keep_full(&mut s, 5, 1514, now, &alive, 1);
+        if now % (20 * MS) == 0 {
+            s.enqueue(Pkt::new(98, 99, &alive), 3, 0xdead_beef, now)
+                .unwrap();
+            sparse += 1;
+        }
+        s.dequeue(
+            now,
+            usize::MAX,
+            |p, _, so| {
+                if p.flow == 99 {
+                    worst = worst.max(so);
+                }
+            },
+            |_, _| {},
+        );
+        now += 5_000;
+    }
+    assert!(sparse > 10);
+    assert!(worst < 2 * MS, "the sparse flow waited {worst} ns");
+    s.drain(drop);
+}
+
+#[test]
+fn flows_whose_hashes_collide_still_get_queues_of_their_own() {
+    let alive = Rc::new(Cell::new(0));
+    let mut s = Scheduler::new(plain(None)).unwrap();
+    // Level 3 has 8 flow queues: these two hashes share a home queue.
+    let (a, b) = (0x1000_0000u32, 0x1000_0001u32);
+    for _ in 0..20 {
+        s.enqueue(Pkt::new(1500, 0, &alive), 3, a, 0).unwrap();
+    }
+    s.enqueue(Pkt::new(98, 1, &alive), 3, b, 0).unwrap();
+    let mut order = Vec::new();
+    s.dequeue(0, 3, |p, _, _| order.push(p.flow), |_, _| {});
+    assert!(
+        order.contains(&1),
+        "the small flow waited behind the big one: {order:?}"
+    );
+    s.drain(drop);
+    assert_eq!(alive.get(), 0);
+}
