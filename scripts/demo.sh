@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Sluice's main job, end to end: the appliance between two network
 # namespaces, on its embedded default config (net_tap ports sl-sub/sl-up,
-# one worker, no hugepages), with real kernel traffic through it:
-# ping, an iperf3 TCP run, and a socat transfer checked by sha256, while a
-# tcpdump on the far side watches. Live counters print every second; the
-# final per-port/per-worker report and the mempool check print at the end.
+# one worker, no hugepages, the upstream egress shaped to 50 Mbit/s), with
+# real kernel traffic through it: ping, an iperf3 TCP run, a socat transfer
+# checked by sha256 while a tcpdump on the far side watches, then a premium
+# flow (a coupon added with sluicectl) beside a bulk flow through the shaped
+# egress, with pings beside each. Live counters print every second,
+# per priority level on the shaped egress (throughput, queueing delay,
+# drops); the final report, the per-level summary and the mempool check
+# print at the end.
 # Needs root. Usage: scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet --bin sluice
+cargo build --release --quiet --bin sluice --bin sluicectl
 
 NS_SUB=sluice-demo-sub NS_UP=sluice-demo-up
 A=198.18.0.1 B=198.18.0.2
@@ -28,7 +32,12 @@ trap cleanup EXIT
 step() { printf '\n=== %s\n' "$*"; }
 
 step "starting sluice (embedded default config)"
-./target/release/sluice --stats-interval 1 --ready-file "$work/ready" &
+# The embedded config, with the control socket and policy store in $work so
+# the demo leaves nothing behind.
+./target/release/sluice --print-default-config |
+  sed -e "s|^socket = .*|socket = \"$work/control.sock\"|" \
+      -e "s|^state_dir = .*|state_dir = \"$work/state\"|" >"$work/sluice.toml"
+./target/release/sluice --config "$work/sluice.toml" --stats-interval 1 --ready-file "$work/ready" &
 sluice_pid=$!
 READY_FILE="$work/ready" scripts/netns.sh up "$NS_SUB" sl-sub "$A/24" "$NS_UP" sl-up "$B/24"
 echo "subscriber host $A in netns $NS_SUB  <->  sluice  <->  upstream host $B in netns $NS_UP"
@@ -56,6 +65,27 @@ got=$(sha256sum <"$work/received" | cut -d' ' -f1)
 echo "sent     $sent"
 echo "received $got"
 [ "$sent" = "$got" ] || { echo "demo: transfer corrupted" >&2; exit 1; }
+
+step "premium beside bulk through the egress shaped to 50 Mbit/s"
+P=198.18.0.11
+ip -n "$NS_SUB" addr add "$P/24" dev sl-sub
+ctl() { ./target/release/sluicectl --socket "$work/control.sock" "$@"; }
+ctl coupon add --id demo-premium --subscriber "$P" --level premium --dscp level
+ip netns exec "$NS_UP" iperf3 -s -1 -p 5201 >/dev/null &
+ip netns exec "$NS_UP" iperf3 -s -1 -p 5202 >/dev/null &
+sleep 0.5
+idle=$(ip netns exec "$NS_SUB" ping -c 5 -i 0.2 -I "$P" "$B" | awk -F/ '/min\/avg/ {print $5}')
+ip netns exec "$NS_SUB" iperf3 -c "$B" -p 5201 -B "$A" -t 8 -f m >"$work/bulk.txt" &
+bulk_pid=$!
+ip netns exec "$NS_SUB" iperf3 -c "$B" -p 5202 -B "$P" -t 8 -f m >"$work/premium.txt" &
+prem_pid=$!
+sleep 2
+prem_rtt=$(ip netns exec "$NS_SUB" ping -c 10 -i 0.2 -I "$P" "$B" | awk -F/ '/min\/avg/ {print $5}')
+be_rtt=$(ip netns exec "$NS_SUB" ping -c 10 -i 0.2 -I "$A" "$B" | awk -F/ '/min\/avg/ {print $5}')
+wait "$bulk_pid" "$prem_pid"
+echo "  bulk (best effort, $A):  $(awk '/receiver/ {print $7, $8}' "$work/bulk.txt")"
+echo "  premium (coupon, $P):     $(awk '/receiver/ {print $7, $8}' "$work/premium.txt")"
+echo "  ping RTT: idle $idle ms; under load: premium $prem_rtt ms, best effort $be_rtt ms"
 
 sleep 0.5
 ip netns pids "$NS_UP" | xargs -r kill -INT 2>/dev/null || true

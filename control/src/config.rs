@@ -100,9 +100,6 @@ pub struct SchedulerConfig {
     /// CoDel interval, microseconds.
     #[serde(default = "default_codel_interval")]
     pub codel_interval_us: u64,
-    /// What a binding's packets above its peak rate get.
-    #[serde(default)]
-    pub over_peak: OverPeak,
 }
 
 /// The scheduling discipline of shaped ports.
@@ -112,17 +109,6 @@ pub enum SchedMode {
     #[default]
     Levels,
     Fifo,
-}
-
-/// The fate of metered packets above the binding's peak rate.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum OverPeak {
-    /// Dropped (counted).
-    #[default]
-    Drop,
-    /// Sent at best effort (counted).
-    Demote,
 }
 
 fn default_queue_packets() -> u32 {
@@ -149,7 +135,6 @@ impl Default for SchedulerConfig {
             overhead_bytes: default_overhead(),
             codel_target_us: default_codel_target(),
             codel_interval_us: default_codel_interval(),
-            over_peak: OverPeak::default(),
         }
     }
 }
@@ -867,14 +852,16 @@ device = "net_null1,copy=1"
         let cfg = Config::embedded_default();
         assert_eq!(cfg.workers.cores, vec![1]);
         assert_eq!(cfg.devices().0.port_name(), "net_tap0");
-        // Every key in the example equals its serde default.
+        // Every key in the example equals its serde default, but the demo's
+        // shaped upstream rate.
         let minimal = Config::from_toml(
             "[ports.subscriber]\ndevice = \"net_tap0,iface=sl-sub\"\n\
-             [ports.upstream]\ndevice = \"net_tap1,iface=sl-up\"\n",
+             [ports.upstream]\ndevice = \"net_tap1,iface=sl-up\"\nrate_bps = 50000000\n",
             "minimal",
         )
         .unwrap();
         assert_eq!(cfg, minimal);
+        assert_eq!(cfg.ports.subscriber.rate_bps, None);
     }
 
     #[test]

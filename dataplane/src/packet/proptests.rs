@@ -681,4 +681,65 @@ proptest! {
             hammer(&mut short, &p);
         }
     }
+
+    #[test]
+    fn the_common_case_path_agrees_with_the_general_parser(
+        c in case(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        cut in any::<prop::sample::Index>(),
+        noise in prop::collection::vec(any::<u8>(), 40..80),
+        header in prop::sample::select(vec![
+            [0x08, 0x00, 0x45, 0x00],
+            [0x08, 0x00, 0x45, 0xb8],
+            [0x08, 0x00, 0x46, 0x00],
+            [0x08, 0x00, 0x55, 0x00],
+            [0x81, 0x00, 0x45, 0x00],
+            [0x86, 0xdd, 0x45, 0x00],
+        ]),
+    ) {
+        // Built frames (most of them untagged IPv4 with TCP or UDP), with
+        // a few bytes flipped and cut short; and noise behind an IPv4-like
+        // prefix, so that every check of the fast path is met or missed.
+        let (mut f, _) = c.build();
+        for (at, x) in &flips {
+            let i = at.index(f.len());
+            f[i] ^= x;
+        }
+        let n = cut.index(f.len() + 1);
+        let mut g = vec![0u8; 12];
+        g.extend(header);
+        g.extend(&noise);
+        for frame in [&f[..], &f[..n], &g[..]] {
+            if let Some(p) = parse::parse_common(frame) {
+                prop_assert_eq!(Ok(p), parse::parse_any(frame));
+            }
+            prop_assert_eq!(parse(frame), parse::parse_any(frame));
+        }
+    }
+}
+
+#[test]
+fn the_common_case_path_takes_plain_tcp_and_udp_over_ipv4() {
+    let mut first = Spec::udp4(false, 18);
+    if let Ip::V4(v) = &mut first.ip {
+        v.frag = Frag::First;
+    }
+    for spec in [
+        Spec::tcp4(TCP_SYN, testutil::mss_opt(1460), 0),
+        Spec::udp4(true, 20),
+        first,
+    ] {
+        let (f, _) = spec.build();
+        assert_eq!(parse::parse_common(&f).map(Ok), Some(parse::parse_any(&f)));
+    }
+    // Options, a tag, IPv6 or a frame below 54 bytes: the general path.
+    let mut opts = Spec::tcp4(0, vec![], 0);
+    if let Ip::V4(v) = &mut opts.ip {
+        v.options = vec![1, 1, 1, 0];
+    }
+    let mut tagged = Spec::tcp4(0, vec![], 0);
+    tagged.vlans = vec![(0x8100, 5)];
+    for spec in [opts, tagged, Spec::tcp6(0, vec![], 0), Spec::udp4(false, 0)] {
+        assert_eq!(parse::parse_common(&spec.build().0), None);
+    }
 }

@@ -1,0 +1,207 @@
+//! The egress scheduler with real TCP through net_tap: the upstream port
+//! shaped to 50 Mbit/s, one bulk best-effort iperf3 flow and one premium
+//! flow (a coupon at the premium level) at once, pings beside them. Then
+//! the same topology with the scheduler replaced by a plain FIFO at the
+//! same rate. Both runs print their figures.
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const RATE: u64 = 50_000_000;
+const PREMIUM: &str = "198.18.0.11";
+
+/// Average RTT in ms of `count` pings from `src` to the server.
+fn ping(bench: &Bench, src: &str, count: u32) -> f64 {
+    let out = Namespaces::exec(
+        &bench.ns.a,
+        &[
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-I",
+            src,
+            "198.18.0.2",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "ping: {}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // rtt min/avg/max/mdev = 0.109/0.159/0.204/0.023 ms
+    let line = text.lines().find(|l| l.contains("min/avg/max")).unwrap();
+    let nums = line.split('=').nth(1).unwrap().trim();
+    nums.split('/').nth(1).unwrap().parse().unwrap()
+}
+
+fn iperf_client(bench: &Bench, src: &str, port: u16, secs: u32) -> Child {
+    Namespaces::exec(
+        &bench.ns.a,
+        &[
+            "iperf3",
+            "-c",
+            "198.18.0.2",
+            "-p",
+            &port.to_string(),
+            "-B",
+            src,
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap()
+}
+
+/// Received Mbit/s of a finished iperf3 client.
+fn received_mbit(c: Child) -> f64 {
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "iperf3: {}", describe(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap()
+        / 1e6
+}
+
+/// Bytes on the wire the shaped egress sent so far: frames plus 24 bytes
+/// of framing each, over all levels.
+fn wire_bytes(socket: &std::path::Path) -> f64 {
+    let s = stats(socket);
+    s["dataplane"]["egress"]["upstream"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["sent_bytes"].as_f64().unwrap() + 24.0 * l["sent"].as_f64().unwrap())
+        .sum()
+}
+
+/// What one run measured.
+#[derive(Debug)]
+struct Run {
+    premium_mbit: f64,
+    bulk_mbit: f64,
+    /// The shaped egress's wire rate while both flows ran, Mbit/s.
+    link_mbit: f64,
+    idle_rtt: f64,
+    premium_rtt: f64,
+    best_effort_rtt: f64,
+}
+
+fn run(mode: &str) -> (Run, serde_json::Value) {
+    let mut bench = Bench::new(&format!(
+        "rate_bps = {RATE}\n[scheduler]\nmode = \"{mode}\"\n"
+    ));
+    let st = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &bench.ns.a,
+            "addr",
+            "add",
+            &format!("{PREMIUM}/24"),
+            "dev",
+            &bench.if_a,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = sluicectl(
+        &bench.socket,
+        &[
+            "coupon",
+            "add",
+            "--id",
+            "premium",
+            "--subscriber",
+            PREMIUM,
+            "--level",
+            "premium",
+            "--dscp",
+            "level",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let mut servers = Vec::new();
+    for port in ["5201", "5202"] {
+        servers.push(
+            Namespaces::exec(&bench.ns.b, &["iperf3", "-s", "-1", "-p", port])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let idle_rtt = ping(&bench, PREMIUM, 10);
+    let bulk = iperf_client(&bench, "198.18.0.1", 5201, 8);
+    let premium = iperf_client(&bench, PREMIUM, 5202, 8);
+    std::thread::sleep(Duration::from_secs(2));
+    let (t0, w0) = (std::time::Instant::now(), wire_bytes(&bench.socket));
+    let premium_rtt = ping(&bench, PREMIUM, 15);
+    let best_effort_rtt = ping(&bench, "198.18.0.1", 10);
+    let link_mbit = (wire_bytes(&bench.socket) - w0) * 8.0 / t0.elapsed().as_secs_f64() / 1e6;
+    let r = Run {
+        link_mbit,
+        bulk_mbit: received_mbit(bulk),
+        premium_mbit: received_mbit(premium),
+        idle_rtt,
+        premium_rtt,
+        best_effort_rtt,
+    };
+    for mut s in servers {
+        let _ = s.wait();
+    }
+    let stats = stats(&bench.socket);
+    bench.stop();
+    (r, stats["dataplane"]["egress"]["upstream"].clone())
+}
+
+#[test]
+fn premium_keeps_its_rate_and_delay_beside_a_bulk_flow_where_a_fifo_does_not() {
+    let (levels, egress) = run("levels");
+    let (fifo, fifo_egress) = run("fifo");
+    eprintln!("shaped to {} Mbit/s", RATE / 1_000_000);
+    for (name, r) in [("levels", &levels), ("fifo", &fifo)] {
+        eprintln!(
+            "{name:>6}: premium {:.1} Mbit/s, bulk {:.1} Mbit/s (TCP goodput), link {:.1} % \
+             on the wire; RTT idle {:.2} ms, premium under load {:.2} ms, best effort under \
+             load {:.2} ms",
+            r.premium_mbit,
+            r.bulk_mbit,
+            r.link_mbit / (RATE as f64 / 1e6) * 100.0,
+            r.idle_rtt,
+            r.premium_rtt,
+            r.best_effort_rtt
+        );
+    }
+    eprintln!("levels egress: {egress}");
+    eprintln!("fifo egress: {fifo_egress}");
+
+    let link = RATE as f64 / 1e6;
+    // Premium is held to its ceiling (half the port), never below 20.
+    assert!(levels.premium_mbit >= 20.0, "{levels:?}");
+    assert!(levels.link_mbit >= 0.9 * link, "{levels:?}");
+    assert!(levels.premium_rtt - levels.idle_rtt < 2.0, "{levels:?}");
+    // Best effort's delay is held by flow queueing and CoDel: bounded near
+    // the 5 ms target, not the FIFO's standing queue.
+    assert!(levels.best_effort_rtt < 15.0, "{levels:?}");
+    // The FIFO at the same rate is busy too, but queues everybody alike.
+    assert!(fifo.link_mbit >= 0.9 * link, "{fifo:?}");
+    assert!(
+        fifo.premium_rtt > levels.premium_rtt + 2.0,
+        "a FIFO should delay premium too: {fifo:?} vs {levels:?}"
+    );
+    // The level counters saw premium (3) and best effort (5).
+    let sent = |e: &serde_json::Value, l: usize| e[l]["sent"].as_u64().unwrap_or(0);
+    assert!(
+        sent(&egress, 3) > 1000 && sent(&egress, 5) > 1000,
+        "{egress}"
+    );
+    assert_eq!(sent(&fifo_egress, 3), 0, "fifo mode queues all in one");
+}
