@@ -11,6 +11,14 @@ use std::time::Duration;
 use common::*;
 
 const RATE: u64 = 50_000_000;
+
+/// The tests here measure rates and delays: one at a time, each with the
+/// machine's second core to itself (a sluice worker busy-polls the other).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 const PREMIUM: &str = "198.18.0.11";
 
 /// Average RTT in ms of `count` pings from `src` to the server.
@@ -164,6 +172,7 @@ fn run(mode: &str) -> (Run, serde_json::Value) {
 
 #[test]
 fn premium_keeps_its_rate_and_delay_beside_a_bulk_flow_where_a_fifo_does_not() {
+    let _one = serial();
     let (levels, egress) = run("levels");
     let (fifo, fifo_egress) = run("fifo");
     eprintln!("shaped to {} Mbit/s", RATE / 1_000_000);
@@ -204,4 +213,78 @@ fn premium_keeps_its_rate_and_delay_beside_a_bulk_flow_where_a_fifo_does_not() {
         "{egress}"
     );
     assert_eq!(sent(&fifo_egress, 3), 0, "fifo mode queues all in one");
+}
+
+#[test]
+fn a_binding_with_a_rate_is_held_to_its_peak_and_its_red_packets_are_counted() {
+    let _one = serial();
+    // No shaping: the meter alone polices (red dropped), beside an
+    // unmetered flow.
+    let mut bench = Bench::new("");
+    let st = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &bench.ns.a,
+            "addr",
+            "add",
+            &format!("{PREMIUM}/24"),
+            "dev",
+            &bench.if_a,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = sluicectl(
+        &bench.socket,
+        &[
+            "coupon",
+            "add",
+            "--id",
+            "metered",
+            "--subscriber",
+            PREMIUM,
+            "--level",
+            "premium",
+            "--rate-committed",
+            "4000000",
+            "--rate-peak",
+            "6000000",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let mut servers = Vec::new();
+    for port in ["5201", "5202"] {
+        servers.push(
+            Namespaces::exec(&bench.ns.b, &["iperf3", "-s", "-1", "-p", port])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let free = iperf_client(&bench, "198.18.0.1", 5201, 5);
+    let metered = iperf_client(&bench, PREMIUM, 5202, 5);
+    let (free, metered) = (received_mbit(free), received_mbit(metered));
+    for mut s in servers {
+        let _ = s.wait();
+    }
+    let s = stats(&bench.socket);
+    let report = bench.stop();
+    eprintln!(
+        "metered coupon (4/6 Mbit/s): {metered:.2} Mbit/s; unmetered beside it: {free:.1} Mbit/s"
+    );
+    eprintln!("mirror: {}", s["dataplane"]["mirror"]);
+    assert!(
+        metered <= 6.5,
+        "the metered flow passed its peak: {metered}"
+    );
+    assert!(metered >= 1.0, "the metered flow starved: {metered}");
+    assert!(
+        free > 3.0 * metered,
+        "the unmetered flow was held too: {free}"
+    );
+    assert_eq!(s["dataplane"]["mirror"]["meters"], 1);
+    let m = &report["workers"][0]["path"]["metered"];
+    assert!(m["green"].as_u64().unwrap() > 100, "{m}");
+    assert!(m["red_dropped"].as_u64().unwrap() > 0, "{m}");
 }

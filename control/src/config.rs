@@ -100,6 +100,20 @@ pub struct SchedulerConfig {
     /// CoDel interval, microseconds.
     #[serde(default = "default_codel_interval")]
     pub codel_interval_us: u64,
+    /// What a metered binding's packets above its peak rate get.
+    #[serde(default)]
+    pub over_peak: OverPeak,
+}
+
+/// The fate of metered packets above the binding's peak rate.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OverPeak {
+    /// Dropped (counted).
+    #[default]
+    Drop,
+    /// Sent at best effort (counted).
+    Demote,
 }
 
 /// The scheduling discipline of shaped ports.
@@ -135,6 +149,7 @@ impl Default for SchedulerConfig {
             overhead_bytes: default_overhead(),
             codel_target_us: default_codel_target(),
             codel_interval_us: default_codel_interval(),
+            over_peak: OverPeak::default(),
         }
     }
 }
@@ -151,6 +166,14 @@ pub struct TablesSizes {
     /// Login bindings (one per subscriber address).
     #[serde(default = "default_bindings")]
     pub logins: u32,
+    /// Meters for rows with a rate (a coupon, an SP allocation, each login
+    /// of a rated tier, the default); 24 bytes each, plus 64 per worker.
+    #[serde(default = "default_meters")]
+    pub meters: u32,
+}
+
+fn default_meters() -> u32 {
+    1 << 16
 }
 
 fn default_bindings() -> u32 {
@@ -162,6 +185,7 @@ impl Default for TablesSizes {
         TablesSizes {
             coupons: default_bindings(),
             logins: default_bindings(),
+            meters: default_meters(),
         }
     }
 }
@@ -738,6 +762,7 @@ impl Config {
         for (field, n) in [
             ("tables.coupons", self.tables.coupons),
             ("tables.logins", self.tables.logins),
+            ("tables.meters", self.tables.meters),
         ] {
             if !(1..=1 << 24).contains(&n) {
                 return Err(invalid(field, n, "1..=16777216 bindings"));

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_control::config::{Config, PortConfig, SchedMode, SchedulerConfig};
+use sluice_control::config::{Config, OverPeak, PortConfig, SchedMode, SchedulerConfig};
 use sluice_control::policy::store::{StoreError, StoreOptions};
 use sluice_control::policy::Policy;
 use sluice_control::policy::{PolicyState, Touched};
@@ -25,7 +25,7 @@ use crate::classify::StaticRules;
 use crate::dpdk::{self, DpdkError, Eal, Mempool, Port, PortSetup};
 use crate::flow::{FlowTable, FlowTableConfig, FlowTableError};
 use crate::mirror::Mirror;
-use crate::sched::{CodelConfig, SchedConfig, SchedError, Scheduler};
+use crate::sched::{CodelConfig, MeterTable, SchedConfig, SchedError, Scheduler, WorkerMeters};
 use crate::stats::{Direction, PortReport, RunReport, WorkerCounters};
 use crate::tables::{Table, TableError, TablesConfig};
 use crate::worker::{Lane, LaneSched, Pipeline, Worker};
@@ -134,6 +134,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
     }
 
     // The stored policy is in the workers' tables before any packet moves.
+    let meter_table = MeterTable::new(cfg.tables.meters);
     let mirror = Mirror::load(
         TablesConfig {
             // The policy has no row keyed by the subscriber for a provider.
@@ -143,6 +144,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
             seed: dpdk::rdtsc() | 1,
             ..TablesConfig::default()
         },
+        Arc::clone(&meter_table),
         policy.state(),
     )?;
     log::info!(
@@ -167,6 +169,11 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
             Arc::clone(&rules),
             mirror.reader(),
             FlowTable::new(flow_cfg)?,
+            // Buckets of 50 ms of each rate: TCP through a policer needs room
+            // for a window's burst.
+            WorkerMeters::new(Arc::clone(&meter_table), 50_000_000),
+            cfg.scheduler.over_peak == OverPeak::Drop,
+            1e9 / hz as f64,
         )));
     }
 

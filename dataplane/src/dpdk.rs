@@ -361,6 +361,27 @@ impl Burst {
         }
     }
 
+    /// Keeps the mbufs at the positions `keep` accepts, in order, and frees
+    /// the others.
+    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let n = self.len;
+        self.len = 0;
+        let mut kept = 0;
+        for i in 0..n {
+            // SAFETY: entries 0..n were initialised Mbufs; each is read out
+            // exactly once (len is 0 meanwhile), then written back below
+            // `i` or dropped (freed).
+            let m = unsafe { self.bufs[i].assume_init_read() };
+            if keep(i) {
+                self.bufs[kept].write(m);
+                kept += 1;
+            } else {
+                drop(m);
+            }
+        }
+        self.len = kept;
+    }
+
     /// Appends `m`, or hands it back when the burst is full.
     #[inline]
     pub fn push(&mut self, m: Mbuf) -> Result<(), Mbuf> {

@@ -60,7 +60,7 @@ const EVICT_SAMPLE: usize = 16;
 
 /// The per-flow payload the table keeps for the policy: what the flow's
 /// forward direction gets and what that depends on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowDecision {
     pub actions: ActionSet,
     /// The priority level (0 highest; see the policy model).
@@ -69,7 +69,24 @@ pub struct FlowDecision {
     /// decision from the policy tables is re-checked with `stamp` on every
     /// forward packet and re-classified when stale.
     pub pinned: bool,
+    /// The binding's meter ([`NO_METER`]: unmetered).
+    pub meter: u32,
     pub stamp: Stamp,
+}
+
+/// [`FlowDecision::meter`] of an unmetered flow.
+pub const NO_METER: u32 = u32::MAX;
+
+impl Default for FlowDecision {
+    fn default() -> Self {
+        FlowDecision {
+            actions: ActionSet::default(),
+            level: crate::tables::BEST_EFFORT,
+            pinned: false,
+            meter: NO_METER,
+            stamp: Stamp::default(),
+        }
+    }
 }
 
 /// Sizing and timeouts, fixed at construction.

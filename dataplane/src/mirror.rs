@@ -41,8 +41,14 @@
 //! thread removes expired coupons once a second, and the removal reaches
 //! the tables like any change.
 //!
-//! Rates: a decision's rate is not mapped to a meter yet (the scheduler
-//! and meters are a later piece of work); every flow is unmetered.
+//! Rates: a row whose decision has a rate gets a meter of its own in the
+//! shared [`MeterTable`]: a coupon (`c:<id>`), an SP allocation
+//! (`s:<id>`), each login of a tier with a rate (`l:<address>`: a tier's
+//! rate is per subscriber), and the default (`d`, one aggregate). Its
+//! index travels in the binding or snapshot decision; the worker meters
+//! the flow's packets (both directions) against it. A meter is released
+//! when its row goes; when all are in use, a new row is unmetered and the
+//! shortage counted ([`MirrorStats::meters_exhausted`]).
 //!
 //! # Failures
 //! The policy refuses what the tables cannot hold in the same way (per
@@ -53,11 +59,13 @@
 //! that subscriber tries again.
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 use sluice_control::policy::{self, PolicyState, Touched};
 
 use crate::packet::{ActionSet, Dscp};
+use crate::sched::MeterTable;
 use crate::tables::{
     Binding, EligibilityRule, FastDecision, Grant, Op, Prefix, PrefixPolicy, Restriction, SpPrefix,
     Table, TableError, TablesConfig, TablesReader, TablesWriter,
@@ -77,11 +85,63 @@ pub struct MirrorStats {
     /// Subscribers or snapshots the tables refused.
     pub errors: u64,
     pub last_error: Option<String>,
+    /// Meters in use.
+    pub meters: u32,
+    /// Rows left unmetered because every meter was in use.
+    pub meters_exhausted: u64,
+}
+
+/// Meter indices by row key, over the shared table.
+struct Meters {
+    table: Arc<MeterTable>,
+    ids: HashMap<String, (u32, u64, u64)>,
+    free: Vec<u32>,
+    next: u32,
+}
+
+impl Meters {
+    /// The meter of `key` with `rate`, allocated or updated.
+    fn assign(&mut self, key: String, rate: policy::Rate, stats: &mut MirrorStats) -> Option<u32> {
+        let (c, p) = (rate.committed_bps(), rate.peak_bps());
+        if let Some(e) = self.ids.get_mut(&key) {
+            if (e.1, e.2) != (c, p) {
+                self.table.set(e.0, c, p);
+                *e = (e.0, c, p);
+            }
+            return Some(e.0);
+        }
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None if self.next < self.table.capacity() => {
+                self.next += 1;
+                self.next - 1
+            }
+            None => {
+                stats.meters_exhausted += 1;
+                return None;
+            }
+        };
+        self.table.set(i, c, p);
+        self.ids.insert(key, (i, c, p));
+        stats.meters = self.ids.len() as u32;
+        Some(i)
+    }
+
+    fn release(&mut self, key: &str, stats: &mut MirrorStats) {
+        if let Some((i, _, _)) = self.ids.remove(key) {
+            self.free.push(i);
+            stats.meters = self.ids.len() as u32;
+        }
+    }
 }
 
 /// The tables' writer and what maps policy names to table indices.
 pub struct Mirror {
     writer: TablesWriter,
+    meters: Meters,
+    /// Meter keys held per subscriber, and by the prefix-wide rows.
+    sub_meters: HashMap<IpAddr, Vec<String>>,
+    prefix_meters: Vec<String>,
     /// Tier name -> index in the snapshot's tier list.
     tiers: HashMap<String, u16>,
     free_tiers: Vec<u16>,
@@ -89,10 +149,23 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Builds the tables and copies `state` into them.
-    pub fn load(cfg: TablesConfig, state: &PolicyState) -> Result<Mirror, TableError> {
+    /// Builds the tables and copies `state` into them; rates get meters of
+    /// `meters`.
+    pub fn load(
+        cfg: TablesConfig,
+        meters: Arc<MeterTable>,
+        state: &PolicyState,
+    ) -> Result<Mirror, TableError> {
         let mut m = Mirror {
             writer: TablesWriter::new(cfg)?,
+            meters: Meters {
+                table: meters,
+                ids: HashMap::new(),
+                free: Vec::new(),
+                next: 0,
+            },
+            sub_meters: HashMap::new(),
+            prefix_meters: Vec::new(),
             tiers: HashMap::new(),
             free_tiers: Vec::new(),
             stats: MirrorStats::default(),
@@ -173,7 +246,17 @@ impl Mirror {
     /// The table operations that make `s`'s records equal to the state's.
     fn ops_for(&mut self, state: &PolicyState, s: IpAddr) -> Vec<Op> {
         let mut ops = Vec::new();
-        let want: Vec<Binding> = state.coupons_of(s).map(coupon_binding).collect();
+        let mut keys = Vec::new();
+        let mut want: Vec<Binding> = Vec::new();
+        for c in state.coupons_of(s) {
+            let mut b = coupon_binding(c);
+            if let Some(rate) = c.decision().rate() {
+                let key = format!("c:{}", c.id());
+                b.meter = self.meters.assign(key.clone(), rate, &mut self.stats);
+                keys.push(key);
+            }
+            want.push(b);
+        }
         for old in self.writer.bindings(Table::Coupon, s) {
             if !want.iter().any(|b| b.only_to == old.only_to) {
                 ops.push(Op::RemoveOne {
@@ -188,20 +271,42 @@ impl Mirror {
             subscriber: s,
             binding,
         }));
-        match state.login(s).and_then(|l| self.tiers.get(l.tier())) {
-            Some(&tier) => ops.push(Op::Upsert {
-                table: Table::Login,
-                subscriber: s,
-                binding: Binding {
-                    grant: Grant::Tier(tier),
-                    meter: None,
-                    only_to: None,
-                },
-            }),
+        let login = state.login(s).and_then(|l| {
+            let tier = *self.tiers.get(l.tier())?;
+            let rate = state.tier(l.tier()).and_then(|t| t.decision().rate());
+            Some((tier, rate))
+        });
+        match login {
+            Some((tier, rate)) => {
+                let meter = rate.and_then(|r| {
+                    let key = format!("l:{s}");
+                    keys.push(key.clone());
+                    self.meters.assign(key, r, &mut self.stats)
+                });
+                ops.push(Op::Upsert {
+                    table: Table::Login,
+                    subscriber: s,
+                    binding: Binding {
+                        grant: Grant::Tier(tier),
+                        meter,
+                        only_to: None,
+                    },
+                })
+            }
             None => ops.push(Op::Remove {
                 table: Table::Login,
                 subscriber: s,
             }),
+        }
+        let old = if keys.is_empty() {
+            self.sub_meters.remove(&s)
+        } else {
+            self.sub_meters.insert(s, keys.clone())
+        };
+        for k in old.unwrap_or_default() {
+            if !keys.contains(&k) {
+                self.meters.release(&k, &mut self.stats);
+            }
         }
         ops
     }
@@ -245,8 +350,27 @@ impl Mirror {
                 *slot = fast(t.decision());
             }
         }
+        let mut keys = Vec::new();
+        let mut sp = sp_prefixes(state);
+        for (e, id, rate) in sp.iter_mut() {
+            if let Some(r) = rate {
+                let key = format!("s:{id}");
+                e.decision.meter = self.meters.assign(key.clone(), *r, &mut self.stats);
+                keys.push(key);
+            }
+        }
+        let mut default = fast(state.default_decision());
+        if let Some(r) = state.default_decision().rate() {
+            default.meter = self.meters.assign("d".into(), r, &mut self.stats);
+            keys.push("d".into());
+        }
+        for k in std::mem::replace(&mut self.prefix_meters, keys.clone()) {
+            if !keys.contains(&k) {
+                self.meters.release(&k, &mut self.stats);
+            }
+        }
         let p = PrefixPolicy {
-            sp_prefixes: sp_prefixes(state),
+            sp_prefixes: sp.into_iter().map(|(e, _, _)| e).collect(),
             eligibility: state
                 .eligibility_rules()
                 .map(|r| EligibilityRule {
@@ -257,7 +381,7 @@ impl Mirror {
                 .collect(),
             default_eligible: state.eligibility_rules().len() == 0,
             tiers,
-            default: fast(state.default_decision()),
+            default,
         };
         self.writer.publish(&p)?;
         self.stats.publishes += 1;
@@ -303,9 +427,10 @@ fn coupon_binding(c: &policy::CouponBinding) -> Binding {
 
 /// The SP allocations as prefix entries, address allocations merged with
 /// host-length prefix ones as the module doc says.
-fn sp_prefixes(state: &PolicyState) -> Vec<SpPrefix> {
-    // (prefix, port) -> (decision, from an address allocation)
-    let mut by_prefix: HashMap<(Prefix, Option<u16>), (FastDecision, bool)> = HashMap::new();
+fn sp_prefixes(state: &PolicyState) -> Vec<(SpPrefix, String, Option<policy::Rate>)> {
+    // (prefix, port) -> (decision, from an address allocation, id, rate)
+    type Row = (FastDecision, bool, String, Option<policy::Rate>);
+    let mut by_prefix: HashMap<(Prefix, Option<u16>), Row> = HashMap::new();
     let mut addrs: HashMap<IpAddr, ()> = HashMap::new();
     for a in state.sp_allocations() {
         let port = a.port().map(policy::Port::get);
@@ -316,38 +441,52 @@ fn sp_prefixes(state: &PolicyState) -> Vec<SpPrefix> {
             }
             policy::SpMatch::Prefix(p) => (prefix(p), false),
         };
-        let d = fast(a.decision());
-        by_prefix
-            .entry((p, port))
-            .and_modify(|e| {
+        let row = (
+            fast(a.decision()),
+            is_addr,
+            a.id().to_string(),
+            a.decision().rate(),
+        );
+        match by_prefix.entry((p, port)) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
                 if is_addr {
-                    *e = (d, true);
+                    o.insert(row);
                 }
-            })
-            .or_insert((d, is_addr));
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(row);
+            }
+        }
     }
     // An address allocation for any port beats a host-prefix one on a port.
     for ip in addrs.keys() {
         let host = Prefix::new(*ip, if ip.is_ipv4() { 32 } else { 128 });
-        let Some(&(any, true)) = by_prefix.get(&(host, None)) else {
-            continue;
+        let any = match by_prefix.get(&(host, None)) {
+            Some(r) if r.1 => r.clone(),
+            _ => continue,
         };
         for ((p, port), e) in by_prefix.iter_mut() {
             if *p == host && port.is_some() && !e.1 {
-                *e = (any, true);
+                *e = any.clone();
             }
         }
     }
-    let mut v: Vec<SpPrefix> = by_prefix
+    let mut v: Vec<(SpPrefix, String, Option<policy::Rate>)> = by_prefix
         .into_iter()
-        .map(|((prefix, port), (decision, _))| SpPrefix {
-            prefix,
-            port,
-            decision,
+        .map(|((prefix, port), (decision, _, id, rate))| {
+            (
+                SpPrefix {
+                    prefix,
+                    port,
+                    decision,
+                },
+                id,
+                rate,
+            )
         })
         .collect();
     // A stable order: the snapshot is the same for the same policy.
-    v.sort_by_key(|e| (e.prefix.addr, e.prefix.len, e.port));
+    v.sort_by_key(|e| (e.0.prefix.addr, e.0.prefix.len, e.0.port));
     v
 }
 

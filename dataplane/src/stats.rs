@@ -113,6 +113,8 @@ pub struct PathCounters {
     pub classified: [AtomicU64; Source::COUNT],
     /// Flows whose cached decision went stale and were classified again.
     pub reclassified: AtomicU64,
+    /// Metered packets: green, yellow, red dropped, red demoted.
+    pub metered: [AtomicU64; 4],
 }
 
 /// The number of priority levels.
@@ -134,7 +136,21 @@ impl PathCounters {
             levels: Default::default(),
             classified: Default::default(),
             reclassified: AtomicU64::new(0),
+            metered: Default::default(),
         }
+    }
+
+    /// Counts a metered packet by color (and the fate of a red one).
+    #[inline]
+    pub fn metered(&self, c: crate::sched::MeterColor, drop_red: bool) {
+        use crate::sched::MeterColor::*;
+        let i = match c {
+            Green => 0,
+            Yellow => 1,
+            Red if drop_red => 2,
+            Red => 3,
+        };
+        bump(&self.metered[i], 1);
     }
 
     /// Counts `packets` of `bytes` forwarded at `level`.
@@ -239,6 +255,12 @@ impl PathCounters {
                 .filter_map(|s| Some((s.name().to_owned(), nonzero(&self.classified[s.index()])?)))
                 .collect(),
             reclassified: self.reclassified.load(Relaxed),
+            metered: MeteredSnapshot {
+                green: self.metered[0].load(Relaxed),
+                yellow: self.metered[1].load(Relaxed),
+                red_dropped: self.metered[2].load(Relaxed),
+                red_demoted: self.metered[3].load(Relaxed),
+            },
             flows: FlowSnapshot {
                 hits: self.flow_hits.load(Relaxed),
                 misses: self.flow_misses.load(Relaxed),
@@ -535,7 +557,17 @@ pub struct PathSnapshot {
     /// policy step (coupon, login, sp-prefix, default, ...) -> new flows.
     pub classified: BTreeMap<String, u64>,
     pub reclassified: u64,
+    pub metered: MeteredSnapshot,
     pub flows: FlowSnapshot,
+}
+
+/// Packets of metered bindings, by color.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MeteredSnapshot {
+    pub green: u64,
+    pub yellow: u64,
+    pub red_dropped: u64,
+    pub red_demoted: u64,
 }
 
 /// One level's traffic.
@@ -783,6 +815,14 @@ fn write_path(f: &mut fmt::Formatter<'_>, lcore: u32, p: &PathSnapshot) -> fmt::
             .map(|l| format!("{}={}", l.level, l.packets))
             .collect();
         writeln!(f, "lcore{lcore} packets per level: {}", l.join(" "))?;
+    }
+    let m = &p.metered;
+    if m.green + m.yellow + m.red_dropped + m.red_demoted > 0 {
+        writeln!(
+            f,
+            "lcore{lcore} metered packets: green {} yellow {} red dropped {} red demoted {}",
+            m.green, m.yellow, m.red_dropped, m.red_demoted
+        )?;
     }
     if !p.classified.is_empty() {
         writeln!(

@@ -39,10 +39,11 @@ use std::sync::Arc;
 
 use crate::classify::StaticRules;
 use crate::dpdk::{self, Burst, Mbuf, RxQueue, TxQueue, MAX_BURST};
+use crate::flow::NO_METER;
 use crate::flow::{FlowDecision, FlowTable, Side};
 use crate::packet::{self, ActionSet, ApplyReport, FlowKey, Fragment, Parsed, ReverseRewrite};
 use crate::packet::{PROTO_TCP, TCP_ACK, TCP_SYN};
-use crate::sched::{Packet as SchedPacket, Scheduler};
+use crate::sched::{MeterColor, Packet as SchedPacket, Scheduler, WorkerMeters};
 use crate::stats::{Direction, PathCounters, WorkerCounters};
 use crate::tables::TablesReader;
 use crate::tables::BEST_EFFORT;
@@ -63,7 +64,16 @@ pub struct Pipeline {
     pub flows: FlowTable,
     /// Bursts since the last idle sweep.
     pub since_sweep: u32,
+    /// Per-binding meters (rates from the policy).
+    pub meters: WorkerMeters,
+    /// Red packets are dropped (else sent at best effort).
+    pub drop_red: bool,
+    /// Converts the TSC to the meters' nanoseconds.
+    pub ns_per_tsc: f64,
 }
+
+/// The level [`Pipeline::process_burst`] gives a packet its meter drops.
+pub const METER_DROP: u8 = u8::MAX;
 
 /// How a burst is handled; see the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,12 +97,39 @@ const GROUP: usize = 16;
 const EXPIRE_BUDGET: usize = 64;
 
 impl Pipeline {
-    pub fn new(rules: Arc<StaticRules>, tables: TablesReader, flows: FlowTable) -> Pipeline {
+    pub fn new(
+        rules: Arc<StaticRules>,
+        tables: TablesReader,
+        flows: FlowTable,
+        meters: WorkerMeters,
+        drop_red: bool,
+        ns_per_tsc: f64,
+    ) -> Pipeline {
         Pipeline {
             rules,
             tables,
             flows,
             since_sweep: 0,
+            meters,
+            drop_red,
+            ns_per_tsc,
+        }
+    }
+
+    /// The level a packet of flow decision `d` leaves at, after its meter
+    /// (if any): [`METER_DROP`] for a red packet when those are dropped.
+    #[inline]
+    fn metered(&mut self, d: &FlowDecision, len: usize, now: u64, c: &PathCounters) -> u8 {
+        if d.meter == NO_METER {
+            return d.level;
+        }
+        let ns = (now as f64 * self.ns_per_tsc) as u64;
+        let color = self.meters.color(d.meter, len as u32, ns);
+        c.metered(color, self.drop_red);
+        match color {
+            MeterColor::Red if self.drop_red => METER_DROP,
+            MeterColor::Red => BEST_EFFORT,
+            _ => d.level,
         }
     }
 
@@ -243,29 +280,33 @@ impl Pipeline {
                         },
                         level: fresh.decision.level,
                         pinned: false,
+                        meter: fresh.decision.meter.unwrap_or(NO_METER),
                         stamp: fresh.stamp,
                     };
                     self.flows.set_decision(handle, d);
                 }
-                (packet::apply_forward(frame, p, &d.actions), d.level)
+                let level = self.metered(&d, frame.len(), now, c);
+                (packet::apply_forward(frame, p, &d.actions), level)
             }
-            Some(hit) => (
-                packet::apply_reverse(frame, p, hit.reverse),
-                hit.decision.level,
-            ),
+            Some(hit) => {
+                let d = *hit.decision;
+                let report = packet::apply_reverse(frame, p, hit.reverse);
+                (report, self.metered(&d, frame.len(), now, c))
+            }
             None => {
                 let d = self.decide(key, flags, c);
+                let level = self.metered(&d, frame.len(), now, c);
                 if p.fragment() == Fragment::NonFirst {
                     // No ports: not a flow of its own. IP-header actions still apply.
-                    (packet::apply_forward(frame, p, &d.actions), d.level)
+                    (packet::apply_forward(frame, p, &d.actions), level)
                 } else {
                     let reverse = ReverseRewrite::for_forward(key, &d.actions);
                     match self.flows.insert(*key, reverse, d, flags, now) {
-                        Ok(_) => (packet::apply_forward(frame, p, &d.actions), d.level),
+                        Ok(_) => (packet::apply_forward(frame, p, &d.actions), level),
                         // Another flow owns the reply key: a remap would make the
                         // two indistinguishable, so this one goes unrewritten
                         // (counted in the table's conflicts).
-                        Err(_) => (ApplyReport::default(), d.level),
+                        Err(_) => (ApplyReport::default(), level),
                     }
                 }
             }
@@ -285,6 +326,7 @@ impl Pipeline {
                 actions,
                 level: self.default_level(),
                 pinned: true,
+                meter: NO_METER,
                 stamp: Default::default(),
             };
         }
@@ -300,6 +342,7 @@ impl Pipeline {
             actions,
             level: cl.decision.level,
             pinned: false,
+            meter: cl.decision.meter.unwrap_or(NO_METER),
             stamp: cl.stamp,
         }
     }
@@ -374,6 +417,7 @@ impl Worker {
             let scheduled = lane.sched.is_some();
             let counters = self.counters.lane(lane.direction);
             let mut bytes = 0;
+            let mut metering = false;
             if n > 0 {
                 total += n;
                 bytes = burst
@@ -403,6 +447,7 @@ impl Worker {
                                 path,
                                 meta,
                             );
+                            metering = true;
                             pipe.since_sweep += 1;
                             if pipe.since_sweep >= EXPIRE_EVERY {
                                 pipe.since_sweep = 0;
@@ -416,6 +461,17 @@ impl Worker {
             match &mut lane.sched {
                 None => {
                     if n > 0 {
+                        if metering {
+                            // Red packets of metered bindings go no further.
+                            let before = burst.len();
+                            burst.retain(|i| meta.get(i).is_none_or(|m| m.0 != METER_DROP));
+                            counters.add_sched_drops((before - burst.len()) as u64);
+                            bytes = burst
+                                .as_slice()
+                                .iter()
+                                .map(|m| u64::from(m.pkt_len()))
+                                .sum();
+                        }
                         let out = lane.tx.tx(burst);
                         counters.add_tx(
                             out.sent as u64,
@@ -432,6 +488,11 @@ impl Worker {
                     let mut refused = 0u64;
                     burst.drain(|i, m| {
                         let (level, hash) = match meta.get(i) {
+                            Some(&(METER_DROP, _)) => {
+                                // Red, over its binding's peak: freed here.
+                                refused += 1;
+                                return;
+                            }
                             Some(&m) if !ls.fifo => m,
                             _ => (BEST_EFFORT, 0),
                         };

@@ -193,6 +193,7 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
             actions: c.decision.actions,
             level: c.decision.level,
             pinned: false,
+            meter: c.decision.meter.unwrap_or(sluice_dataplane::flow::NO_METER),
             stamp: c.stamp,
         };
         if table

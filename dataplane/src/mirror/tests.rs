@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 use sluice_control::policy::{parse_request, FlowQuery, Policy, Request, Source as PSource};
 
+use std::sync::Arc;
+
 use super::*;
 use crate::packet::{FlowKey, PROTO_TCP, PROTO_UDP};
 use crate::stats::Direction;
@@ -262,7 +264,7 @@ proptest! {
             proptest::collection::vec(any::<[usize; 10]>(), 1..3), 1..80)
     ) {
         let mut policy = Policy::in_memory();
-        let mut m = Mirror::load(small(), policy.state()).unwrap();
+        let mut m = Mirror::load(small(), MeterTable::new(64), policy.state()).unwrap();
         let mut reader = m.reader();
         let mut accepted = 0;
         for b in batches {
@@ -274,7 +276,7 @@ proptest! {
         }
         prop_assert_eq!(m.stats().errors, 0, "{:?}", m.stats().last_error);
         // A fresh load of the same state gives the same answers.
-        let fresh = Mirror::load(small(), policy.state()).unwrap();
+        let fresh = Mirror::load(small(), MeterTable::new(64), policy.state()).unwrap();
         check_all(&policy, &mut fresh.reader())?;
         prop_assert!(accepted <= m.stats().syncs);
     }
@@ -283,7 +285,7 @@ proptest! {
 #[test]
 fn a_change_invalidates_the_flows_of_its_subscriber_only() {
     let mut policy = Policy::in_memory();
-    let mut m = Mirror::load(small(), policy.state()).unwrap();
+    let mut m = Mirror::load(small(), MeterTable::new(64), policy.state()).unwrap();
     let mut reader = m.reader();
     let key = |s: &str| {
         FlowKey::new(
@@ -327,6 +329,7 @@ fn a_subscriber_that_does_not_fit_keeps_its_records_and_is_counted() {
             coupon_capacity: 1,
             ..small()
         },
+        MeterTable::new(4),
         policy.state(),
     )
     .unwrap();
@@ -351,4 +354,51 @@ fn a_subscriber_that_does_not_fit_keeps_its_records_and_is_counted() {
         .writer()
         .get(Table::Coupon, "10.0.0.1".parse().unwrap())
         .is_some());
+}
+
+#[test]
+fn rows_with_a_rate_get_a_meter_of_their_own_released_with_the_row() {
+    let mut policy = Policy::in_memory();
+    let meters = MeterTable::new(2);
+    let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
+    let mut reader = m.reader();
+    let coupon = |id: &str, sub: &str| {
+        format!(
+            r#"{{"op":"add","table":"coupon","entry":{{"id":"{id}","subscriber":"{sub}","decision":{{"level":3,"rate":{{"committed_bps":5000000,"peak_bps":6000000}}}}}}}}"#
+        )
+    };
+    assert!(apply_line(&mut policy, &mut m, &coupon("a", "10.0.0.1")));
+    assert!(apply_line(&mut policy, &mut m, &coupon("b", "10.0.0.2")));
+    let key = |s: &str| {
+        FlowKey::new(
+            (s.parse().unwrap(), 1000),
+            ("192.0.2.1".parse().unwrap(), 80),
+            PROTO_TCP,
+            0,
+            Direction::Upstream,
+        )
+        .unwrap()
+    };
+    reader.refresh();
+    let (ma, mb) = (
+        reader.classify(&key("10.0.0.1")).decision.meter,
+        reader.classify(&key("10.0.0.2")).decision.meter,
+    );
+    assert!(ma.is_some() && mb.is_some() && ma != mb, "{ma:?} {mb:?}");
+    assert_eq!(m.stats().meters, 2);
+    // Both meters are taken: a third rated row goes unmetered, counted.
+    assert!(apply_line(&mut policy, &mut m, &coupon("c", "10.0.0.3")));
+    reader.refresh();
+    assert_eq!(reader.classify(&key("10.0.0.3")).decision.meter, None);
+    assert_eq!(m.stats().meters_exhausted, 1);
+    // Removing a coupon frees its meter for the next row.
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        r#"{"op":"remove","table":"coupon","key":{"id":"a"}}"#
+    ));
+    assert_eq!(m.stats().meters, 1);
+    assert!(apply_line(&mut policy, &mut m, &coupon("d", "10.0.0.4")));
+    reader.refresh();
+    assert_eq!(reader.classify(&key("10.0.0.4")).decision.meter, ma);
 }

@@ -8,6 +8,118 @@
 //! - **red** (above peak): dropped, or demoted to best effort, as the
 //!   binding's meter is configured. Counted either way.
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The meters' rates, shared: the control thread (the one writer) sets a
+/// meter's committed and peak rate and bumps its generation; each worker
+/// keeps its own bucket state per meter ([`WorkerMeters`]) and restarts it
+/// when it sees a new generation. A meter therefore meters one worker's
+/// share of a binding's traffic (with symmetric RSS, a flow stays on one
+/// worker; a binding with flows on several workers gets the rate on each).
+pub struct MeterTable {
+    slots: Box<[MeterSlot]>,
+}
+
+#[derive(Default)]
+struct MeterSlot {
+    committed: AtomicU64,
+    peak: AtomicU64,
+    generation: AtomicU32,
+}
+
+impl MeterTable {
+    pub fn new(capacity: u32) -> Arc<MeterTable> {
+        Arc::new(MeterTable {
+            slots: (0..capacity).map(|_| MeterSlot::default()).collect(),
+        })
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// Sets meter `i`'s rates (the single writer only): the rates first,
+    /// then the generation (release), so a worker that sees the new
+    /// generation (acquire) sees the new rates.
+    pub fn set(&self, i: u32, committed_bps: u64, peak_bps: u64) {
+        if let Some(s) = self.slots.get(i as usize) {
+            s.committed.store(committed_bps, Ordering::Relaxed);
+            s.peak.store(peak_bps, Ordering::Relaxed);
+            let g = s.generation.load(Ordering::Relaxed);
+            s.generation.store(g.wrapping_add(1), Ordering::Release);
+        }
+    }
+
+    /// Meter `i`'s generation and rates.
+    #[inline]
+    fn get(&self, i: u32) -> Option<(u32, u64, u64)> {
+        let s = self.slots.get(i as usize)?;
+        let g = s.generation.load(Ordering::Acquire);
+        Some((
+            g,
+            s.committed.load(Ordering::Relaxed),
+            s.peak.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Bytes of the shared rates.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.slots)
+    }
+}
+
+/// One worker's bucket state for every meter of a [`MeterTable`].
+pub struct WorkerMeters {
+    table: Arc<MeterTable>,
+    state: Vec<(u32, Meter)>,
+    burst_ns: u64,
+}
+
+impl WorkerMeters {
+    /// Preallocates a state per meter (never allocates afterwards).
+    pub fn new(table: Arc<MeterTable>, burst_ns: u64) -> WorkerMeters {
+        let idle = Meter::new(MeterConfig {
+            committed_bps: 1,
+            peak_bps: 1,
+            burst_ns,
+            drop_red: true,
+            demote_yellow: false,
+        });
+        WorkerMeters {
+            state: vec![(u32::MAX, idle); table.capacity() as usize],
+            table,
+            burst_ns,
+        }
+    }
+
+    /// Colors a packet of `bytes` charged to meter `i` at `now` (ns); a
+    /// meter the table does not have passes everything (green).
+    #[inline]
+    pub fn color(&mut self, i: u32, bytes: u32, now: u64) -> MeterColor {
+        let Some((g, c, p)) = self.table.get(i) else {
+            return MeterColor::Green;
+        };
+        let Some(st) = self.state.get_mut(i as usize) else {
+            return MeterColor::Green;
+        };
+        if st.0 != g {
+            *st = (
+                g,
+                Meter::new(MeterConfig {
+                    committed_bps: c,
+                    peak_bps: p,
+                    burst_ns: self.burst_ns,
+                    drop_red: true,
+                    demote_yellow: false,
+                }),
+            );
+            st.1.last = now;
+        }
+        st.1.color(bytes, now)
+    }
+}
+
 /// How a meter treats its binding's packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MeterConfig {

@@ -43,7 +43,7 @@ use thiserror::Error;
 
 pub mod meter;
 
-pub use meter::{Meter, MeterColor, MeterConfig};
+pub use meter::{Meter, MeterColor, MeterConfig, MeterTable, WorkerMeters};
 
 /// Number of levels.
 pub const LEVELS: usize = 8;
