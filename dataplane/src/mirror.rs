@@ -178,14 +178,15 @@ impl Mirror {
             .collect();
         subscribers.sort_unstable();
         subscribers.dedup();
-        for s in subscribers {
-            let ops = m.ops_for(state, s);
-            m.writer
-                .apply(&ops)
-                .map_err(|e| e.error)
-                .inspect(|_| m.stats.ops += ops.len() as u64)?;
-        }
-        m.stats.syncs += 1;
+        // A subscriber that does not fit is counted, as in `sync`: the
+        // appliance starts with what fits rather than not at all.
+        m.sync(
+            state,
+            &Touched {
+                subscribers,
+                prefix_policy: false,
+            },
+        );
         Ok(m)
     }
 

@@ -446,14 +446,15 @@ impl SchedLevelSnapshot {
     }
 
     /// Sojourn percentiles (ns) from the buckets, through an HDR histogram:
-    /// each bucket's packets are recorded at its floor.
+    /// each bucket's packets are recorded at its upper bound (the next
+    /// bucket's floor), so a percentile is never understated.
     pub fn sojourn_percentiles(&self, qs: &[f64]) -> Vec<u64> {
         let Ok(mut h) = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1 << 42, 2) else {
             return vec![0; qs.len()];
         };
         for (b, &n) in self.sojourn.iter().enumerate() {
             if n > 0 {
-                let _ = h.record_n(sojourn_bucket_floor(b).max(1), n);
+                let _ = h.record_n(sojourn_bucket_floor(b + 1).max(1), n);
             }
         }
         if h.is_empty() {

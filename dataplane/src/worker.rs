@@ -169,7 +169,7 @@ impl Pipeline {
             }
         };
         if !self.rules.stateless() {
-            return self.process_stateless_any(frame, &p, dir, c);
+            return self.process_stateless_any(frame, p, dir, c);
         }
         if let Some((rule, dscp)) = self.rules.classify_dscp(&p, frame, dir) {
             c.rule_hit(rule);
@@ -187,7 +187,7 @@ impl Pipeline {
     fn process_stateless_any(
         &self,
         frame: &mut [u8],
-        p: &packet::Parsed,
+        p: packet::Parsed,
         dir: Direction,
         c: &PathCounters,
     ) {
@@ -196,7 +196,7 @@ impl Pipeline {
         };
         if let Some((rule, actions)) = self.rules.classify(&key) {
             c.rule_hit(rule);
-            for (a, o) in packet::apply_forward(frame, p, &actions).requested() {
+            for (a, o) in packet::apply_forward(frame, &p, &actions).requested() {
                 c.action(a, o);
             }
         }

@@ -239,6 +239,7 @@ fn real_main(args: Args) -> Result<(), Failure> {
             Scenario::Parse => bench::parse(&mut bench),
             Scenario::Rewrite => bench::rewrite(&mut bench),
             Scenario::Classify => bench::classify(&mut bench),
+            Scenario::Sched => bench::sched(&mut bench),
             _ => unreachable!("only available scenarios are run"),
         };
         match r {

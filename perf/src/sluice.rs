@@ -49,6 +49,8 @@ pub struct Setup {
     /// Appended verbatim: the `[control]` section (socket and store in the
     /// runner's scratch directory) and any `[[rules]]`.
     pub extra: String,
+    /// Shape the upstream port's egress (runs the scheduler).
+    pub upstream_rate_bps: Option<u64>,
 }
 
 /// A complete config with every performance-relevant key spelled out, so
@@ -69,7 +71,7 @@ tx_desc = {desc}
 device = "{d1}"
 rx_desc = {desc}
 tx_desc = {desc}
-
+{rate}
 [workers]
 main_core = {main}
 cores = [{worker}]
@@ -91,6 +93,10 @@ data_room = 2176
         mbufs = s.mbufs,
         cache = s.mbuf_cache,
         extra = s.extra,
+        rate = s
+            .upstream_rate_bps
+            .map(|r| format!("rate_bps = {r}\n"))
+            .unwrap_or_default(),
     )
 }
 

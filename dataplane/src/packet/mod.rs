@@ -69,7 +69,9 @@
 //! Parse plus one rewrite of a 64-byte TCP/IPv4 packet is some 60-70
 //! instructions: [`parse`](parse()) and [`apply_forward`] are inlined into the
 //! caller (the IPv4 path; the IPv6 extension-header walk is out of line),
-//! reads are fixed-size after one length check per header, and a checksum
+//! untagged IPv4 without options is recognised in a few word compares, the
+//! [`Parsed`] result is two words that stay in registers, reads are
+//! fixed-size after one length check per header, and a checksum
 //! update touches only the changed words (addresses as 32-bit words).
 pub mod checksum;
 pub mod parse;

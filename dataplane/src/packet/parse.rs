@@ -1,10 +1,11 @@
 //! The header parser: Ethernet (0-2 VLAN tags), IPv4 (with options) or IPv6
 //! (with its extension-header chain), then TCP or UDP.
 //!
-//! It reads only through `get()`, never indexes, never allocates and never
-//! copies the packet; the result is a 16-byte [`Parsed`] of offsets and a few
-//! header fields. Every malformed input is an [`Err`] naming what was wrong,
-//! usable as a counter index.
+//! It reads only through `get()` (and constant indices into a fixed-size
+//! array `get()` returned, which the compiler checks), never indexes a
+//! slice, never allocates and never copies the packet; the result is a
+//! 16-byte [`Parsed`] of offsets and a few header fields. Every malformed
+//! input is an [`Err`] naming what was wrong, usable as a counter index.
 //!
 //! The frame may hold fewer bytes than the IP length says: the worker hands
 //! over the first segment of a possibly chained mbuf, and only the headers
@@ -471,8 +472,8 @@ fn byte(b: &[u8], off: usize) -> Option<u8> {
 /// `buf`, never allocates. See the module doc for what is accepted.
 ///
 /// The common case (untagged IPv4 without options, TCP or UDP) is checked
-/// first with a few word compares ([`parse_common`]); everything else, and
-/// every error, goes through [`parse_any`]. Both are inlined into the
+/// first with a few word compares (`parse_common`); everything else, and
+/// every error, goes through `parse_any`. Both are inlined into the
 /// caller (the IPv4 path, tagged or not): the call and passing the result
 /// through memory would cost as much as the parse. The IPv6 chain walk
 /// stays a separate function.
