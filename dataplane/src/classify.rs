@@ -354,6 +354,79 @@ mod tests {
     }
 
     #[test]
+    fn the_per_packet_match_agrees_with_the_flow_key_match() {
+        use crate::packet::testutil::{self, Spec};
+        use crate::packet::{parse, IpVersion as V};
+
+        let dscp = |name: &str, d: u8| RuleConfig {
+            name: name.into(),
+            dscp: Some(d),
+            ..Default::default()
+        };
+        let sets = [
+            vec![dscp("all", 46)],
+            vec![
+                RuleConfig {
+                    dst_port: Some(53),
+                    protocol: Some(Protocol::Udp),
+                    ..dscp("dns", 34)
+                },
+                RuleConfig {
+                    dst: Some("2001:db8::/32".parse().unwrap()),
+                    ..dscp("v6", 10)
+                },
+                RuleConfig {
+                    src: Some("10.0.0.0/8".parse().unwrap()),
+                    dst_port: Some(80),
+                    ..dscp("web", 18)
+                },
+                dscp("rest", 0),
+            ],
+            vec![RuleConfig {
+                src: Some("11.0.0.0/8".parse().unwrap()),
+                ..dscp("none", 8)
+            }],
+            vec![RuleConfig {
+                protocol: Some(Protocol::Tcp),
+                ..Default::default()
+            }],
+        ];
+        let mut tagged = Spec::udp4(false, 20);
+        tagged.vlans = vec![(0x8100, 7)];
+        let mut icmp = Spec::tcp4(0, vec![], 20);
+        icmp.l4 = testutil::L4::Other(1);
+        let frames = [
+            Spec::tcp4(0, vec![], 10),
+            Spec::udp4(false, 20),
+            Spec::tcp6(0, vec![], 0),
+            Spec::udp6(false, 0),
+            tagged,
+            icmp,
+        ];
+        for rules in sets.iter().map(|s| StaticRules::from_config(s)) {
+            assert!(rules.stateless());
+            for spec in &frames {
+                let (f, _) = spec.build();
+                let p = parse(&f).unwrap();
+                for dir in [Direction::Upstream, Direction::Downstream] {
+                    let key = p.flow_key(&f, dir).unwrap();
+                    let want = rules.classify(&key).map(|(i, a)| (i, a.dscp));
+                    assert_eq!(rules.classify_dscp(&p, &f, dir), want, "{spec:?} {dir:?}");
+                }
+            }
+        }
+        // The catch-all and the v6 rule do match something here.
+        let (f, _) = Spec::tcp6(0, vec![], 0).build();
+        let p = parse(&f).unwrap();
+        assert_eq!(p.version(), V::V6);
+        let two = StaticRules::from_config(&sets[1]);
+        assert_eq!(
+            two.classify_dscp(&p, &f, Direction::Upstream),
+            Some((1, Dscp::new(10)))
+        );
+    }
+
+    #[test]
     fn prefix_masks_cover_edge_lengths() {
         let all4 = Prefix::new("0.0.0.0/0".parse().unwrap());
         assert!(all4.contains(IpVersion::V4, 0xffff_ffff));

@@ -261,7 +261,12 @@ mod tests {
             mbuf_cache: 256,
             ring_desc: 1024,
             extra: "\n[control]\nsocket = \"/tmp/x.sock\"\n".into(),
+            upstream_rate_bps: Some(1_000_000_000),
         });
+        assert!(
+            toml.contains("tx_desc = 1024\nrate_bps = 1000000000\n"),
+            "{toml}"
+        );
         for want in [
             "[control]",
             r#"device = "net_null0,copy=1,size=128""#,
