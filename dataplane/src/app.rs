@@ -193,6 +193,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
                 out: dpdk::Burst::new(),
                 ns_per_tsc: 1e9 / hz as f64,
                 fifo: cfg.scheduler.mode == SchedMode::Fifo,
+                passes: 0,
             }))
         };
         let worker = Worker {

@@ -731,9 +731,10 @@ pub fn rewrite(bench: &mut Bench) -> Result<ScenarioReport> {
         ),
         tables: vec![table],
         notes: vec![
-            "Target: sluice + DSCP rule ÷ sluice bridge ≥ 0.85. The rule path parses every \
-             packet, looks its flow up (hits after the first packet), rewrites the DSCP and \
-             updates the IPv4 checksum incrementally."
+            "Target: sluice + DSCP rule ÷ sluice bridge ≥ 0.85. With a few DSCP-only static \
+             rules (and the policy tables empty) the worker takes its stateless path: it parses \
+             every packet, matches the rules, rewrites the DSCP and updates the IPv4 checksum \
+             incrementally, with no flow-table lookup."
                 .into(),
             method_note(bench.opts).replace(
                 "two net_null ports (copy=1)",

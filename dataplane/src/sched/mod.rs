@@ -265,8 +265,16 @@ struct Fifo<P> {
     bytes: u64,
     codel: Codel,
     deficit: i64,
-    /// The flow hash of the packets queued (valid while not empty).
-    tag: u32,
+}
+
+/// The index after `i` in a ring of `n` (no division on the fast path).
+#[inline]
+fn next(i: usize, n: usize) -> usize {
+    if i + 1 >= n {
+        0
+    } else {
+        i + 1
+    }
 }
 
 /// Ways of the set-associative flow-queue lookup.
@@ -279,26 +287,36 @@ const WAYS: usize = 8;
 /// queue. So two flows share a queue only when a set is full, not on
 /// every hash collision.
 #[inline]
-fn flow_queue<P>(fifos: &[Fifo<P>], hash: u32) -> usize {
-    let n = fifos.len();
+fn flow_queue(tags: &[u64], hash: u32) -> usize {
+    let n = tags.len();
     if n <= 1 {
         return 0;
     }
     let home = ((u64::from(hash) * n as u64) >> 32) as usize;
-    let ways = WAYS.min(n);
-    let base = (home - home % ways).min(n - ways);
+    let want = BUSY | u64::from(hash);
+    // The common case first: the flow is already in its home queue.
+    if tags.get(home) == Some(&want) {
+        return home;
+    }
+    // `n` is a multiple of WAYS (checked at construction): the set is the
+    // aligned group of WAYS around `home` (one cache line of tags).
+    let base = home & !(WAYS - 1);
     let mut empty = None;
-    for k in 0..ways {
-        let i = base + (home - base + k) % ways;
-        let Some(f) = fifos.get(i) else { continue };
-        if f.q.is_empty() {
-            empty.get_or_insert(i);
-        } else if f.tag == hash {
-            return i;
+    for k in 0..WAYS {
+        let i = base + ((home + k) & (WAYS - 1));
+        match tags.get(i) {
+            Some(&0) => {
+                empty.get_or_insert(i);
+            }
+            Some(&t) if t == want => return i,
+            _ => {}
         }
     }
     empty.unwrap_or(home)
 }
+
+/// A [`Level::tags`] entry's mark of a non-empty queue.
+const BUSY: u64 = 1 << 32;
 
 impl<P> Fifo<P> {
     fn new(cap: usize) -> Fifo<P> {
@@ -307,7 +325,6 @@ impl<P> Fifo<P> {
             bytes: 0,
             codel: Codel::default(),
             deficit: 0,
-            tag: 0,
         }
     }
 
@@ -341,6 +358,9 @@ pub struct LevelCounters {
 struct Level<P> {
     cfg: LevelConfig,
     fifos: Vec<Fifo<P>>,
+    /// Per flow queue: `BUSY | flow hash` while it holds packets, else 0
+    /// (what [`flow_queue`] scans: a set is one cache line).
+    tags: Vec<u64>,
     /// Round-robin position among `fifos` (flow queues).
     next: usize,
     /// The flow queue at `next` has not had its quantum for this turn.
@@ -376,8 +396,9 @@ impl<P: Packet> Scheduler<P> {
             if l.max_packets == 0 || l.max_bytes < MAX_FRAME as u32 {
                 return Err(bad("queue limits must hold at least one full-size frame"));
             }
-            if !(1..=1024).contains(&l.flow_queues) {
-                return Err(bad("flow queues must be 1..=1024"));
+            let fq = l.flow_queues as usize;
+            if !(fq == 1 || (fq.is_multiple_of(WAYS) && (WAYS..=1024).contains(&fq))) {
+                return Err(bad("flow queues must be 1, or a multiple of 8 up to 1024"));
             }
             if !l.strict && l.weight == 0 {
                 return Err(bad("a shared level needs a weight of at least 1"));
@@ -395,6 +416,7 @@ impl<P: Packet> Scheduler<P> {
             levels.push(Level {
                 cfg: *l,
                 fifos: (0..l.flow_queues).map(|_| Fifo::new(per)).collect(),
+                tags: vec![0; l.flow_queues as usize],
                 next: 0,
                 flow_fresh: true,
                 ceiling: l.ceiling_bps.map(|r| Bucket::new(r, cfg.burst_ns)),
@@ -451,7 +473,7 @@ impl<P: Packet> Scheduler<P> {
             l.counters.dropped_full += 1;
             return Err(p);
         }
-        let fi = flow_queue(&l.fifos, flow_hash);
+        let fi = flow_queue(&l.tags, flow_hash);
         let Some(f) = l.fifos.get_mut(fi) else {
             return Err(p);
         };
@@ -461,7 +483,9 @@ impl<P: Packet> Scheduler<P> {
             return Err(p);
         }
         if f.q.is_empty() {
-            f.tag = flow_hash;
+            if let Some(t) = l.tags.get_mut(fi) {
+                *t = BUSY | u64::from(flow_hash);
+            }
         }
         f.q.push_back(Queued { p, at: now, len });
         f.bytes += u64::from(len);
@@ -543,12 +567,12 @@ impl<P: Packet> Scheduler<P> {
         if self.levels.iter().any(|l| !l.cfg.strict && l.packets > 0) {
             let n = self.levels.len();
             loop {
-                let i = self.drr_next % n;
+                let i = if self.drr_next < n { self.drr_next } else { 0 };
                 let fresh = self.drr_fresh;
                 let l = &mut self.levels[i];
                 if l.cfg.strict || l.packets == 0 {
                     l.deficit = 0;
-                    self.drr_next = (i + 1) % n;
+                    self.drr_next = next(i, n);
                     self.drr_fresh = true;
                     continue;
                 }
@@ -559,7 +583,7 @@ impl<P: Packet> Scheduler<P> {
                 if l.deficit >= Self::head_len(l) {
                     return Some(i);
                 }
-                self.drr_next = (i + 1) % n;
+                self.drr_next = next(i, n);
                 self.drr_fresh = true;
             }
         }
@@ -574,7 +598,14 @@ impl<P: Packet> Scheduler<P> {
     fn head_len(l: &Level<P>) -> i64 {
         let n = l.fifos.len();
         (0..n)
-            .map(|k| (l.next + k) % n)
+            .map(|k| {
+                let i = l.next + k;
+                if i >= n {
+                    i - n
+                } else {
+                    i
+                }
+            })
             .find_map(|k| l.fifos[k].q.front())
             .map_or(0, |q| i64::from(q.len))
     }
@@ -587,7 +618,7 @@ impl<P: Packet> Scheduler<P> {
             return 0;
         }
         loop {
-            let fi = l.next % n;
+            let fi = if l.next < n { l.next } else { 0 };
             let fresh = l.flow_fresh;
             let f = &mut l.fifos[fi];
             match f.q.front() {
@@ -604,7 +635,7 @@ impl<P: Packet> Scheduler<P> {
                     }
                 }
             }
-            l.next = (fi + 1) % n;
+            l.next = next(fi, n);
             l.flow_fresh = true;
         }
     }
@@ -621,6 +652,11 @@ impl<P: Packet> Scheduler<P> {
         let Some(q) = f.pop() else {
             return Taken::Empty;
         };
+        if f.q.is_empty() {
+            if let Some(t) = l.tags.get_mut(fi) {
+                *t = 0;
+            }
+        }
         f.deficit -= i64::from(q.len);
         l.packets -= 1;
         l.bytes -= u64::from(q.len);
@@ -678,6 +714,7 @@ impl<P: Packet> Scheduler<P> {
             }
             l.packets = 0;
             l.bytes = 0;
+            l.tags.iter_mut().for_each(|t| *t = 0);
         }
         self.queued = 0;
     }
