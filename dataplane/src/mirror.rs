@@ -213,9 +213,27 @@ impl Mirror {
                 self.failed(format!("prefix snapshot not published: {e}"));
             }
         }
+        // A tier's rate is metered per login: when prefix-wide rows change
+        // (a tier's rate may have), the logins that have or need a meter
+        // are re-derived too. O(logins), on tier changes only.
+        let mut extra = Vec::new();
+        if touched.prefix_policy {
+            extra.extend(
+                state
+                    .logins()
+                    .filter(|l| {
+                        self.sub_meters.contains_key(&l.subscriber())
+                            || state
+                                .tier(l.tier())
+                                .is_some_and(|t| t.decision().rate().is_some())
+                    })
+                    .map(|l| l.subscriber()),
+            );
+            extra.retain(|a| !touched.subscribers.contains(a));
+        }
         let mut refused = 0u64;
         let mut first = None;
-        for &s in &touched.subscribers {
+        for &s in touched.subscribers.iter().chain(&extra) {
             let ops = self.ops_for(state, s);
             self.stats.subscribers += 1;
             match self.writer.apply(&ops) {

@@ -402,3 +402,49 @@ fn rows_with_a_rate_get_a_meter_of_their_own_released_with_the_row() {
     reader.refresh();
     assert_eq!(reader.classify(&key("10.0.0.4")).decision.meter, ma);
 }
+
+#[test]
+fn a_tier_rate_change_reaches_the_meters_of_its_logins() {
+    let mut policy = Policy::in_memory();
+    let meters = MeterTable::new(8);
+    let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
+    let mut reader = m.reader();
+    let tier = |op: &str, rate: &str| {
+        format!(
+            r#"{{"op":"{op}","table":"tier","entry":{{"name":"gold","decision":{{"level":3{rate}}}}}}}"#
+        )
+    };
+    assert!(apply_line(&mut policy, &mut m, &tier("add", "")));
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        r#"{"op":"add","table":"login","entry":{"subscriber":"10.0.0.1","login":"a","tier":"gold"}}"#
+    ));
+    let key = FlowKey::new(
+        ("10.0.0.1".parse().unwrap(), 1000),
+        ("192.0.2.1".parse().unwrap(), 80),
+        PROTO_TCP,
+        0,
+        Direction::Upstream,
+    )
+    .unwrap();
+    reader.refresh();
+    assert_eq!(reader.classify(&key).decision.meter, None);
+    // The tier gains a rate: its login gets a meter without being touched.
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &tier(
+            "update",
+            r#","rate":{"committed_bps":1000000,"peak_bps":2000000}"#
+        )
+    ));
+    reader.refresh();
+    assert!(reader.classify(&key).decision.meter.is_some());
+    assert_eq!(m.stats().meters, 1);
+    // And loses it again: the meter is released.
+    assert!(apply_line(&mut policy, &mut m, &tier("update", "")));
+    reader.refresh();
+    assert_eq!(reader.classify(&key).decision.meter, None);
+    assert_eq!(m.stats().meters, 0);
+}
