@@ -91,6 +91,38 @@ fn wire_bytes(socket: &std::path::Path) -> f64 {
         .sum()
 }
 
+/// Gives the client namespace the premium address, adds a coupon for it
+/// with `coupon` (its id, level and treatment), and starts the two iperf3
+/// servers (5201 bulk, 5202 premium), one test each.
+fn premium_setup(bench: &Bench, coupon: &[&str]) -> Vec<Child> {
+    let st = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &bench.ns.a,
+            "addr",
+            "add",
+            &format!("{PREMIUM}/24"),
+            "dev",
+            &bench.if_a,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut args = vec!["coupon", "add", "--subscriber", PREMIUM];
+    args.extend_from_slice(coupon);
+    let out = sluicectl(&bench.socket, &args);
+    assert!(out.status.success(), "{}", describe(&out));
+    ["5201", "5202"]
+        .iter()
+        .map(|port| {
+            Namespaces::exec(&bench.ns.b, &["iperf3", "-s", "-1", "-p", port])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// What one run measured.
 #[derive(Debug)]
 struct Run {
@@ -107,44 +139,10 @@ fn run(mode: &str) -> (Run, serde_json::Value) {
     let mut bench = Bench::new(&format!(
         "rate_bps = {RATE}\n[scheduler]\nmode = \"{mode}\"\n"
     ));
-    let st = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &bench.ns.a,
-            "addr",
-            "add",
-            &format!("{PREMIUM}/24"),
-            "dev",
-            &bench.if_a,
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = sluicectl(
-        &bench.socket,
-        &[
-            "coupon",
-            "add",
-            "--id",
-            "premium",
-            "--subscriber",
-            PREMIUM,
-            "--level",
-            "premium",
-            "--dscp",
-            "level",
-        ],
+    let servers = premium_setup(
+        &bench,
+        &["--id", "premium", "--level", "premium", "--dscp", "level"],
     );
-    assert!(out.status.success(), "{}", describe(&out));
-    let mut servers = Vec::new();
-    for port in ["5201", "5202"] {
-        servers.push(
-            Namespaces::exec(&bench.ns.b, &["iperf3", "-s", "-1", "-p", port])
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-    }
     std::thread::sleep(Duration::from_millis(600));
     let idle_rtt = ping(&bench, PREMIUM, 10);
     let bulk = iperf_client(&bench, "198.18.0.1", 5201, 8);
@@ -221,28 +219,11 @@ fn a_binding_with_a_rate_is_held_to_its_peak_and_its_red_packets_are_counted() {
     // No shaping: the meter alone polices (red dropped), beside an
     // unmetered flow.
     let mut bench = Bench::new("");
-    let st = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &bench.ns.a,
-            "addr",
-            "add",
-            &format!("{PREMIUM}/24"),
-            "dev",
-            &bench.if_a,
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = sluicectl(
-        &bench.socket,
+    let servers = premium_setup(
+        &bench,
         &[
-            "coupon",
-            "add",
             "--id",
             "metered",
-            "--subscriber",
-            PREMIUM,
             "--level",
             "premium",
             "--rate-committed",
@@ -251,16 +232,6 @@ fn a_binding_with_a_rate_is_held_to_its_peak_and_its_red_packets_are_counted() {
             "6000000",
         ],
     );
-    assert!(out.status.success(), "{}", describe(&out));
-    let mut servers = Vec::new();
-    for port in ["5201", "5202"] {
-        servers.push(
-            Namespaces::exec(&bench.ns.b, &["iperf3", "-s", "-1", "-p", port])
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-    }
     std::thread::sleep(Duration::from_millis(600));
     let free = iperf_client(&bench, "198.18.0.1", 5201, 5);
     let metered = iperf_client(&bench, PREMIUM, 5202, 5);

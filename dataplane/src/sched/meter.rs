@@ -2,11 +2,10 @@
 //! blind) over the injected clock. A binding's committed rate is its
 //! guarantee, its peak rate its ceiling:
 //! - **green** (within committed): the binding's own level;
-//! - **yellow** (above committed, within peak): still its own level, but
-//!   first to suffer (the worker may lower it one level; see
-//!   [`MeterConfig::demote_yellow`]);
-//! - **red** (above peak): dropped, or demoted to best effort, as the
-//!   binding's meter is configured. Counted either way.
+//! - **yellow** (above committed, within peak): still its own level
+//!   (counted);
+//! - **red** (above peak): dropped, or demoted to best effort, as
+//!   `scheduler.over_peak` says (the worker decides). Counted either way.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,8 +82,6 @@ impl WorkerMeters {
             committed_bps: 1,
             peak_bps: 1,
             burst_ns,
-            drop_red: true,
-            demote_yellow: false,
         });
         WorkerMeters {
             state: vec![(u32::MAX, idle); table.capacity() as usize],
@@ -110,8 +107,6 @@ impl WorkerMeters {
                     committed_bps: c,
                     peak_bps: p,
                     burst_ns: self.burst_ns,
-                    drop_red: true,
-                    demote_yellow: false,
                 }),
             );
             st.1.last = now;
@@ -127,10 +122,6 @@ pub struct MeterConfig {
     pub peak_bps: u64,
     /// Bucket depths, in nanoseconds of each rate (at least one frame).
     pub burst_ns: u64,
-    /// Red packets are dropped (true) or sent at best effort (false).
-    pub drop_red: bool,
-    /// Yellow packets go one level lower.
-    pub demote_yellow: bool,
 }
 
 /// A packet's color.
@@ -144,7 +135,6 @@ pub enum MeterColor {
 /// One meter's state.
 #[derive(Debug, Clone, Copy)]
 pub struct Meter {
-    cfg: MeterConfig,
     c_rate: f64,
     p_rate: f64,
     c_depth: f64,
@@ -164,7 +154,6 @@ impl Meter {
         let c_depth = (c_rate * cfg.burst_ns as f64).max(MIN_DEPTH);
         let p_depth = (p_rate * cfg.burst_ns as f64).max(MIN_DEPTH);
         Meter {
-            cfg,
             c_rate,
             p_rate,
             c_depth,
@@ -173,10 +162,6 @@ impl Meter {
             p: p_depth,
             last: 0,
         }
-    }
-
-    pub fn config(&self) -> &MeterConfig {
-        &self.cfg
     }
 
     /// Colors a packet of `bytes` at `now` (ns) and charges the buckets.
@@ -211,8 +196,6 @@ mod tests {
             committed_bps: c,
             peak_bps: p,
             burst_ns: 1_000_000,
-            drop_red: true,
-            demote_yellow: false,
         })
     }
 

@@ -211,15 +211,6 @@ impl Bucket {
     fn charge(&mut self, bytes: f64) {
         self.tokens -= bytes;
     }
-
-    /// Nanoseconds until the bucket allows a send again.
-    fn wait_ns(&self) -> u64 {
-        if self.tokens > 0.0 {
-            0
-        } else {
-            (-self.tokens / self.bytes_per_ns).ceil() as u64 + 1
-        }
-    }
 }
 
 /// A queued packet with its enqueue time.
@@ -542,15 +533,6 @@ impl<P: Packet> Scheduler<P> {
             }
         }
         sent
-    }
-
-    /// Nanoseconds until the shaper lets the next packet go (0: now or
-    /// nothing queued).
-    pub fn wait_ns(&self) -> u64 {
-        match &self.shaper {
-            Some(s) if self.queued > 0 => s.wait_ns(),
-            _ => 0,
-        }
     }
 
     /// The level to serve next (see the module doc).
