@@ -1,0 +1,2 @@
+//! Sluice priority coupons (work in progress).
+#![forbid(unsafe_code)]
