@@ -14,4 +14,10 @@ uint16_t sluice_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, 
 void sluice_pktmbuf_free(struct rte_mbuf *m);
 uint64_t sluice_rdtsc(void);
 int sluice_errno(void);
+/* Control-path helpers (not per packet): allocate an mbuf from `pool` holding
+ * a copy of `len` bytes of `data` (NULL if the pool is empty or the bytes do
+ * not fit one segment), and copy a whole packet into a new mbuf. */
+struct rte_mempool;
+struct rte_mbuf *sluice_pktmbuf_from_bytes(struct rte_mempool *pool, const void *data, uint16_t len);
+struct rte_mbuf *sluice_pktmbuf_clone_bytes(const struct rte_mbuf *m, struct rte_mempool *pool);
 #endif

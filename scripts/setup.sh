@@ -8,6 +8,7 @@ PKGS=(
   clang libclang-dev pkg-config        # bindgen and the C shim
   iproute2 tcpdump tshark iperf3 socat # namespaces and real peers for tests and the demo
   iputils-ping procps psmisc           # ping, pgrep/pkill, killall
+  dnsmasq-base bind9-dnsutils          # a DNS server and dig for hostname-scoped coupons
 )
 
 missing=()

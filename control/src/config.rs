@@ -76,6 +76,72 @@ pub struct Config {
     /// The egress scheduler of ports with a `rate_bps`.
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// Signed priority coupons: keys, in-band redemption, DNS snooping.
+    #[serde(default)]
+    pub coupons: CouponsConfig,
+}
+
+/// Signed priority coupons (see the `sluice-coupon` crate and
+/// `control/src/coupons/`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CouponsConfig {
+    /// The issuer's keys (PASERK files, secret ones mode 0600); `None`:
+    /// `<control.state_dir>/keys`.
+    #[serde(default)]
+    pub keys_dir: Option<PathBuf>,
+    /// UDP destination port of in-band redemption requests, to any address
+    /// beyond the appliance (the appliance consumes them and answers in
+    /// that address's name); 0 turns in-band redemption off.
+    #[serde(default = "default_redeem_port")]
+    pub redeem_port: u16,
+    /// How far a redemption's timestamp may be from the appliance's clock.
+    #[serde(default = "default_max_skew")]
+    pub max_skew_secs: u64,
+    /// Learn hostname -> address from DNS answers crossing the appliance,
+    /// for coupons scoped to hostnames.
+    #[serde(default = "default_true")]
+    pub snoop_dns: bool,
+    /// Hostname -> address mappings kept at most.
+    #[serde(default = "default_dns_entries")]
+    pub dns_entries: usize,
+}
+
+fn default_redeem_port() -> u16 {
+    7466
+}
+
+fn default_max_skew() -> u64 {
+    30
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_dns_entries() -> usize {
+    65536
+}
+
+impl Default for CouponsConfig {
+    fn default() -> Self {
+        CouponsConfig {
+            keys_dir: None,
+            redeem_port: default_redeem_port(),
+            max_skew_secs: default_max_skew(),
+            snoop_dns: true,
+            dns_entries: default_dns_entries(),
+        }
+    }
+}
+
+impl CouponsConfig {
+    /// Where the issuer keys live.
+    pub fn keys_dir(&self, control: &ControlConfig) -> PathBuf {
+        self.keys_dir
+            .clone()
+            .unwrap_or_else(|| control.state_dir.join("keys"))
+    }
 }
 
 /// How shaped ports schedule their egress.
@@ -522,6 +588,24 @@ impl Config {
     /// Checks every cross-field rule. Parsing already rejected unknown keys
     /// and wrong types.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.coupons;
+        if !(1..=3600).contains(&c.max_skew_secs) {
+            return Err(invalid(
+                "coupons.max_skew_secs",
+                c.max_skew_secs,
+                "1..=3600 seconds",
+            ));
+        }
+        if c.redeem_port == 53 {
+            return Err(invalid(
+                "coupons.redeem_port",
+                c.redeem_port,
+                "a port other than DNS's 53 (0 turns redemption off)",
+            ));
+        }
+        if !(16..=10_000_000).contains(&c.dns_entries) {
+            return Err(invalid("coupons.dns_entries", c.dns_entries, "16..=10000000"));
+        }
         let sub = Device::parse("ports.subscriber.device", &self.ports.subscriber.device)?;
         let up = Device::parse("ports.upstream.device", &self.ports.upstream.device)?;
         if sub.port_name() == up.port_name() {

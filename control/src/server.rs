@@ -10,10 +10,14 @@
 //!   each gets exactly one response line. A line longer than
 //!   [`MAX_LINE_BYTES`] is answered with an error and skipped up to its end,
 //!   without buffering it.
-//! - The loop wakes at least every 100 ms to notice the stop flag, and
-//!   once a second removes the coupons that have expired (a journaled
-//!   batch like any other), so an expired coupon stops granting within a
-//!   second.
+//! - The loop wakes at least every 100 ms to notice the stop flag (every
+//!   10 ms when signed coupons are on, to serve the control packets the
+//!   workers punt), and once a second removes the coupons that have
+//!   expired (a journaled batch like any other), so an expired coupon
+//!   stops granting within a second, and lets [`Coupons::sweep`] switch
+//!   time-windowed and hostname-scoped coupons.
+//! - `coupon_*` requests go to [`Coupons`]; punted frames too: redemption
+//!   requests (answered through [`Dataplane::send`]) and DNS answers.
 //! - Every accepted change reaches the [`Dataplane`] before its response
 //!   is sent: an acknowledged change is already in the workers' tables.
 use std::collections::HashMap;
@@ -27,6 +31,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use thiserror::Error;
 
+use crate::coupons::{self, wire, Binder, Coupons};
 use crate::policy::protocol::{parse_request, ProtocolError, Request, Response, MAX_LINE_BYTES};
 use crate::policy::{Change, Policy, PolicyState, Touched};
 
@@ -43,6 +48,54 @@ pub trait Dataplane {
     fn stats(&self) -> Option<serde_json::Value> {
         None
     }
+
+    /// Control packets the workers handed over since the last call, at
+    /// most `max`.
+    fn punted(&mut self, _max: usize) -> Vec<PuntedFrame> {
+        Vec::new()
+    }
+
+    /// Sends `frame` out of the subscriber port; false if it could not be
+    /// queued.
+    fn send(&mut self, _frame: &[u8]) -> bool {
+        false
+    }
+}
+
+/// A control packet from the workers: the whole Ethernet frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PuntedFrame {
+    pub bytes: Vec<u8>,
+    /// Consumed (a redemption request: answer it) or a copy of a
+    /// forwarded packet (a DNS answer: learn from it).
+    pub consumed: bool,
+}
+
+/// Punted frames handled per loop turn, so requests on the socket are not
+/// starved by a flood.
+const PUNTS_PER_TURN: usize = 512;
+
+/// The policy and the dataplane as the coupon manager sees them.
+struct Bind<'a, D: Dataplane> {
+    policy: &'a mut Policy,
+    dp: &'a mut D,
+}
+
+impl<D: Dataplane> Binder for Bind<'_, D> {
+    fn state(&self) -> &PolicyState {
+        self.policy.state()
+    }
+    fn commit(&mut self, batch: &[Change]) -> Result<(), String> {
+        apply(self.policy, self.dp, batch)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Dataplane for () {
@@ -134,17 +187,41 @@ impl ControlServer {
     /// change before its response is sent, so an acknowledged change is
     /// already visible to the workers.
     pub fn run(&mut self, policy: &mut Policy, stop: &AtomicBool, dp: &mut impl Dataplane) {
+        self.run_with(policy, None, stop, dp)
+    }
+
+    /// [`ControlServer::run`] with signed coupons: `coupon_*` requests,
+    /// punted control packets, and the coupons' own sweep.
+    pub fn run_with(
+        &mut self,
+        policy: &mut Policy,
+        mut coupons: Option<&mut Coupons>,
+        stop: &AtomicBool,
+        dp: &mut impl Dataplane,
+    ) {
         let mut events = Events::with_capacity(64);
         let mut last_sweep = std::time::Instant::now();
+        if let Some(c) = coupons.as_deref_mut() {
+            // Repairs a crash between the ledger and the policy.
+            c.reconcile_all(unix_now(), &mut Bind { policy, dp });
+        }
+        let wait = if coupons.is_some() {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(100)
+        };
         while !stop.load(Ordering::Relaxed) {
             if last_sweep.elapsed() >= EXPIRY_SWEEP {
                 last_sweep = std::time::Instant::now();
                 sweep_expired(policy, dp);
+                if let Some(c) = coupons.as_deref_mut() {
+                    c.sweep(unix_now(), &mut Bind { policy, dp });
+                }
             }
-            if let Err(e) = self
-                .poll
-                .poll(&mut events, Some(Duration::from_millis(100)))
-            {
+            if let Some(c) = coupons.as_deref_mut() {
+                serve_punts(c, policy, dp);
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != ErrorKind::Interrupted {
                     log::error!("control socket poll failed: {e}");
                     std::thread::sleep(Duration::from_millis(100));
@@ -159,7 +236,7 @@ impl ControlServer {
                 let token = ev.token();
                 if let Some(conn) = self.conns.get_mut(&token) {
                     if ev.is_readable() {
-                        serve(conn, policy, dp);
+                        serve(conn, policy, coupons.as_deref_mut(), dp);
                     }
                     flush(conn);
                     if conn.closed && conn.wbuf.is_empty() {
@@ -231,12 +308,35 @@ fn respond(conn: &mut Conn, r: &Response) {
     }
 }
 
-/// Reads what is available, answering every complete line.
+/// Answers the redemption requests and learns from the DNS answers the
+/// workers punted.
+fn serve_punts(c: &mut Coupons, policy: &mut Policy, dp: &mut impl Dataplane) {
+    let frames = dp.punted(PUNTS_PER_TURN);
+    if frames.is_empty() {
+        return;
+    }
+    let now = unix_now();
+    for f in frames {
+        let Some(d) = wire::datagram(&f.bytes) else {
+            if f.consumed {
+                c.count_unanswerable();
+            }
+            continue;
+        };
+        if f.consumed {
+            let outcome = c.redeem_packet(d.payload, d.src, now, &mut Bind { policy, dp });
+            let status = coupons::status_payload(&outcome, d.payload);
+            let sent = wire::answer(&d, &status).is_some_and(|a| dp.send(&a));
+            c.count_answer(sent);
+        } else {
+            c.dns_answer(d.payload, d.dst, now, &mut Bind { policy, dp });
+        }
+    }
+}
+
 /// Removes the coupons expired by now, as a journaled batch.
 fn sweep_expired(policy: &mut Policy, dp: &mut impl Dataplane) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = unix_now();
     let batch = policy.state().expired_coupons(now);
     if batch.is_empty() {
         return;
@@ -258,7 +358,13 @@ fn apply(
     Ok(a)
 }
 
-fn serve(conn: &mut Conn, policy: &mut Policy, dp: &mut impl Dataplane) {
+/// Reads what is available, answering every complete line.
+fn serve(
+    conn: &mut Conn,
+    policy: &mut Policy,
+    mut coupons: Option<&mut Coupons>,
+    dp: &mut impl Dataplane,
+) {
     let mut chunk = [0u8; 64 * 1024];
     loop {
         match conn.stream.read(&mut chunk) {
@@ -290,7 +396,7 @@ fn serve(conn: &mut Conn, policy: &mut Policy, dp: &mut impl Dataplane) {
                             conn.discarding = false;
                         } else {
                             let line = std::mem::take(&mut conn.rbuf);
-                            handle(conn, policy, dp, &line);
+                            handle(conn, policy, coupons.as_deref_mut(), dp, &line);
                         }
                     }
                     data = rest;
@@ -306,7 +412,13 @@ fn serve(conn: &mut Conn, policy: &mut Policy, dp: &mut impl Dataplane) {
     }
 }
 
-fn handle(conn: &mut Conn, policy: &mut Policy, dp: &mut impl Dataplane, line: &[u8]) {
+fn handle(
+    conn: &mut Conn,
+    policy: &mut Policy,
+    coupons: Option<&mut Coupons>,
+    dp: &mut impl Dataplane,
+    line: &[u8],
+) {
     let text = match std::str::from_utf8(line) {
         Ok(t) => t.trim(),
         Err(_) => {
@@ -320,6 +432,16 @@ fn handle(conn: &mut Conn, policy: &mut Policy, dp: &mut impl Dataplane, line: &
     if text.is_empty() {
         return;
     }
+    if coupons::is_coupon_request(text) {
+        let v = match coupons {
+            Some(c) => c.handle(text, unix_now(), &mut Bind { policy, dp }),
+            None => serde_json::json!({"ok": false, "error": {"field": "op",
+                "reason": "signed coupons are not enabled on this control socket"}}),
+        };
+        conn.wbuf.extend_from_slice(v.to_string().as_bytes());
+        conn.wbuf.push(b'\n');
+        return;
+    }
     let response = match parse_request(text) {
         Err(e) => Response::error(e),
         Ok(Request::Apply { op, changes }) => match apply(policy, dp, &changes) {
@@ -328,6 +450,7 @@ fn handle(conn: &mut Conn, policy: &mut Policy, dp: &mut impl Dataplane, line: &
         },
         Ok(Request::Stats) => Response {
             dataplane: dp.stats(),
+            coupons: coupons.map(|c| c.stats()),
             ..policy.execute(Request::Stats)
         },
         Ok(req) => policy.execute(req),

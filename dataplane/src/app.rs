@@ -3,7 +3,8 @@
 //! Order matters and is the one DPDK wants:
 //! 1. EAL init (args derived from the config), then the mempool, then the
 //!    two ports (configured with one queue pair per worker, started).
-//! 2. One [`Worker`] launched per worker lcore.
+//! 2. One [`Worker`] launched per worker lcore; the control thread
+//!    (policy, coupons, the punted control packets) beside the main lcore.
 //! 3. The main lcore waits for SIGINT/SIGTERM or the requested duration,
 //!    printing live counters meanwhile.
 //! 4. Stop: raise the flag, wait for every worker, read port counters,
@@ -18,7 +19,8 @@ use sluice_control::config::{Config, OverPeak, PortConfig, SchedMode, SchedulerC
 use sluice_control::policy::store::{StoreError, StoreOptions};
 use sluice_control::policy::Policy;
 use sluice_control::policy::{PolicyState, Touched};
-use sluice_control::server::{ControlServer, Dataplane, ServerError};
+use sluice_control::coupons::{Coupons, CouponsError};
+use sluice_control::server::{ControlServer, Dataplane, PuntedFrame, ServerError};
 use thiserror::Error;
 
 use crate::classify::StaticRules;
@@ -28,7 +30,8 @@ use crate::mirror::Mirror;
 use crate::sched::{CodelConfig, MeterTable, SchedConfig, SchedError, Scheduler, WorkerMeters};
 use crate::stats::{Direction, PortReport, RunReport, WorkerCounters};
 use crate::tables::{Table, TableError, TablesConfig};
-use crate::worker::{Lane, LaneSched, Pipeline, Worker};
+use crate::punt::{PuntRings, PuntRules};
+use crate::worker::{Lane, LaneSched, Pipeline, PuntPath, Worker};
 
 /// A failure while bringing the appliance up or running it.
 #[derive(Debug, Error)]
@@ -45,6 +48,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Control(#[from] ServerError),
+    #[error(transparent)]
+    Coupons(#[from] CouponsError),
     #[error("flow table: {0}")]
     Flows(#[from] FlowTableError),
     #[error("policy tables: {0}")]
@@ -86,6 +91,11 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
         policy.state().seq(),
         loaded
     );
+    let mut coupons = Coupons::open(
+        &cfg.coupons,
+        &cfg.coupons.keys_dir(&cfg.control),
+        &cfg.control.state_dir,
+    )?;
     let mut server = ControlServer::bind(&cfg.control.socket)?;
 
     let args = cfg.eal_args("sluice", std::process::id(), &opts.extra_eal);
@@ -103,7 +113,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
     }
 
     let m = &cfg.mempool;
-    let pool = Mempool::new("sluice_pool", m.mbufs, m.cache, m.data_room)?;
+    let pool = Arc::new(Mempool::new("sluice_pool", m.mbufs, m.cache, m.data_room)?);
     let (sub_dev, up_dev) = cfg.devices();
     let queues = cfg.workers.cores.len() as u16;
     let mut ports = Vec::with_capacity(2);
@@ -162,10 +172,18 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
         closing_timeout: cfg.flows.closing_timeout_secs as u64 * hz,
         seed: dpdk::rdtsc() | 1,
     };
+    // Control packets (coupon redemptions, DNS answers) to the control
+    // thread, its answers back.
+    let rings = Arc::new(PuntRings::default());
+    let punt_rules = PuntRules {
+        redeem_port: cfg.coupons.redeem_port,
+        snoop_dns: cfg.coupons.snoop_dns,
+    };
     // Built here, on the main lcore, so a bad size fails before any worker starts.
     let mut pipelines = Vec::new();
     for _ in &cfg.workers.cores {
-        pipelines.push(Some(Pipeline::new(
+        pipelines.push(Some(
+            Pipeline::new(
             Arc::clone(&rules),
             mirror.reader(),
             FlowTable::new(flow_cfg)?,
@@ -174,7 +192,13 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
             WorkerMeters::new(Arc::clone(&meter_table), 50_000_000),
             cfg.scheduler.over_peak == OverPeak::Drop,
             1e9 / hz as f64,
-        )));
+        )
+            .with_punt(PuntPath {
+                rules: punt_rules,
+                rings: Arc::clone(&rings),
+                pool: Arc::clone(&pool),
+            }),
+        ));
     }
 
     let started = Instant::now();
@@ -229,10 +253,12 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
         let mut dp = AppDataplane {
             mirror,
             workers: counters.clone(),
+            rings: Arc::clone(&rings),
+            pool: Arc::clone(&pool),
         };
         std::thread::Builder::new()
             .name("sluice-control".into())
-            .spawn(move || server.run(&mut policy, &stop, &mut dp))
+            .spawn(move || server.run_with(&mut policy, Some(&mut coupons), &stop, &mut dp))
             .expect("spawn the control thread")
     };
     if launch_error.is_none() {
@@ -277,6 +303,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
         p.stop();
     }
     drop(ports);
+    // What the rings still hold goes back to the pool before it is counted.
+    rings.clear();
     let report = RunReport {
         elapsed_secs,
         ports: port_reports,
@@ -387,11 +415,33 @@ fn main_loop(
 struct AppDataplane {
     mirror: Mirror,
     workers: Vec<(u32, Arc<WorkerCounters>)>,
+    rings: Arc<PuntRings>,
+    pool: Arc<Mempool>,
 }
 
 impl Dataplane for AppDataplane {
     fn applied(&mut self, state: &PolicyState, touched: &Touched) {
         self.mirror.sync(state, touched);
+    }
+
+    fn punted(&mut self, max: usize) -> Vec<PuntedFrame> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(p) = self.rings.to_control.pop() else {
+                break;
+            };
+            out.push(PuntedFrame {
+                bytes: p.mbuf.data().to_vec(),
+                consumed: p.consumed,
+            });
+        }
+        out
+    }
+
+    fn send(&mut self, frame: &[u8]) -> bool {
+        self.pool
+            .frame(frame)
+            .is_some_and(|m| self.rings.replies.push(m).is_ok())
     }
 
     fn stats(&self) -> Option<serde_json::Value> {

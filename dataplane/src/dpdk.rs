@@ -254,6 +254,19 @@ impl Mempool {
     pub fn size(&self) -> u32 {
         self.size
     }
+
+    /// A new single-segment mbuf holding a copy of `bytes`, for frames the
+    /// control thread sends (not the fast path: no per-lcore cache off an
+    /// lcore). `None` if the pool is empty or the bytes do not fit.
+    pub fn frame(&self, bytes: &[u8]) -> Option<Mbuf> {
+        let len = u16::try_from(bytes.len()).ok()?;
+        // SAFETY: the pool is live; `bytes` is valid for `len` bytes and
+        // only read; the shim returns an mbuf we then own, or NULL.
+        let m = unsafe {
+            sys::sluice_pktmbuf_from_bytes(self.ptr.as_ptr(), bytes.as_ptr().cast(), len)
+        };
+        NonNull::new(m).map(Mbuf)
+    }
 }
 
 impl Drop for Mempool {
@@ -285,6 +298,28 @@ impl Mbuf {
             let base = ((*m).buf_addr as *mut u8).add((*m).data_off as usize);
             std::slice::from_raw_parts_mut(base, (*m).data_len as usize)
         }
+    }
+
+    /// The packet bytes of the first segment.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: as data_mut; &self only reads.
+        unsafe {
+            let m = self.0.as_ptr();
+            let base = ((*m).buf_addr as *const u8).add((*m).data_off as usize);
+            std::slice::from_raw_parts(base, (*m).data_len as usize)
+        }
+    }
+
+    /// A copy of the whole packet in a new mbuf from `pool` (`None` when
+    /// the pool is empty): what a worker hands the control thread when the
+    /// original must still be forwarded.
+    #[inline]
+    pub fn copy_into(&self, pool: &Mempool) -> Option<Mbuf> {
+        // SAFETY: both live; rte_pktmbuf_copy only reads `self` and
+        // returns a new mbuf we own, or NULL.
+        let m = unsafe { sys::sluice_pktmbuf_clone_bytes(self.0.as_ptr(), pool.ptr.as_ptr()) };
+        NonNull::new(m).map(Mbuf)
     }
 
     /// Total packet length over all segments.
@@ -377,6 +412,30 @@ impl Burst {
                 kept += 1;
             } else {
                 drop(m);
+            }
+        }
+        self.len = kept;
+    }
+
+    /// Moves the mbufs at the positions `take` accepts into `sink`, in
+    /// order, and keeps the others (in order).
+    pub fn extract(
+        &mut self,
+        mut take: impl FnMut(usize) -> bool,
+        mut sink: impl FnMut(usize, Mbuf),
+    ) {
+        let n = self.len;
+        self.len = 0;
+        let mut kept = 0;
+        for i in 0..n {
+            // SAFETY: as in `retain`: each entry is read out exactly once,
+            // then written back below `i` or moved into `sink`.
+            let m = unsafe { self.bufs[i].assume_init_read() };
+            if take(i) {
+                sink(i, m);
+            } else {
+                self.bufs[kept].write(m);
+                kept += 1;
             }
         }
         self.len = kept;

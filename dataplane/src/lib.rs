@@ -10,6 +10,8 @@
 //!   reverse rewrite its replies need.
 //! - [`classify`]: which treatment a new flow gets (static rules today).
 //! - [`worker`]: the per-core poll loop: rx burst, process, tx burst.
+//! - [`punt`]: the rings that carry control packets (coupon redemptions,
+//!   DNS answers) to the control thread and its replies back.
 //! - [`app`]: bring-up (EAL, pool, ports), worker launch, the main lcore's
 //!   statistics/stop loop, and the orderly shutdown with the pool leak check.
 #![deny(unsafe_code)]
@@ -20,6 +22,7 @@ pub mod dpdk;
 pub mod flow;
 pub mod mirror;
 pub mod packet;
+pub mod punt;
 pub mod sched;
 pub mod stats;
 pub mod tables;

@@ -45,6 +45,19 @@ pub struct LaneCounters {
     pub sched_drops: AtomicU64,
     /// Packets still queued in the scheduler at shutdown, freed.
     pub drained: AtomicU64,
+    /// Control packets consumed (handed to the control thread, not
+    /// forwarded: coupon redemptions), including those dropped because the
+    /// ring to the control thread was full (`punt_drops`).
+    pub punted: AtomicU64,
+    /// Copies for the control thread not made (ring full, pool empty), and
+    /// consumed packets dropped for a full ring.
+    pub punt_drops: AtomicU64,
+    /// Copies handed to the control thread (DNS answers); the originals
+    /// are forwarded.
+    pub punt_copies: AtomicU64,
+    /// Frames the control thread sent out of this lane's port (redemption
+    /// answers): sent, but never received.
+    pub injected: AtomicU64,
 }
 
 /// A single-writer add: the owning worker is the only writer, so a plain
@@ -79,6 +92,22 @@ impl LaneCounters {
         bump(&self.drained, n);
     }
 
+    /// `consumed` packets taken off the path (of which `dropped` found the
+    /// ring full), `copies` copies made and `copy_drops` not made.
+    #[inline]
+    pub fn add_punts(&self, consumed: u64, dropped: u64, copies: u64, copy_drops: u64) {
+        if consumed | dropped | copies | copy_drops != 0 {
+            bump(&self.punted, consumed);
+            bump(&self.punt_drops, dropped + copy_drops);
+            bump(&self.punt_copies, copies);
+        }
+    }
+
+    #[inline]
+    pub fn add_injected(&self, n: u64) {
+        bump(&self.injected, n);
+    }
+
     pub fn snapshot(&self, direction: Direction) -> LaneSnapshot {
         LaneSnapshot {
             direction,
@@ -89,6 +118,10 @@ impl LaneCounters {
             tx_full_drops: self.tx_full_drops.load(Relaxed),
             sched_drops: self.sched_drops.load(Relaxed),
             drained: self.drained.load(Relaxed),
+            punted: self.punted.load(Relaxed),
+            punt_drops: self.punt_drops.load(Relaxed),
+            punt_copies: self.punt_copies.load(Relaxed),
+            injected: self.injected.load(Relaxed),
         }
     }
 }
@@ -591,13 +624,19 @@ pub struct LaneSnapshot {
     pub tx_full_drops: u64,
     pub sched_drops: u64,
     pub drained: u64,
+    pub punted: u64,
+    pub punt_drops: u64,
+    pub punt_copies: u64,
+    pub injected: u64,
 }
 
 impl LaneSnapshot {
-    /// Packets received but neither sent nor counted as dropped. Zero after
-    /// a clean shutdown; anything else is a bug.
+    /// Packets received (or injected by the control thread) but neither
+    /// sent, consumed by the control thread nor counted as dropped. Zero
+    /// after a clean shutdown; anything else is a bug.
     pub fn unaccounted(&self) -> i128 {
-        self.rx_packets as i128
+        self.rx_packets as i128 + self.injected as i128
+            - self.punted as i128
             - self.tx_packets as i128
             - self.tx_full_drops as i128
             - self.sched_drops as i128
@@ -674,6 +713,10 @@ impl RunReport {
                 s.tx_full_drops += l.tx_full_drops;
                 s.sched_drops += l.sched_drops;
                 s.drained += l.drained;
+                s.punted += l.punted;
+                s.punt_drops += l.punt_drops;
+                s.punt_copies += l.punt_copies;
+                s.injected += l.injected;
             }
         }
         t
@@ -776,8 +819,20 @@ impl fmt::Display for RunReport {
                 )?;
             }
         }
+        let t = self.totals();
+        let (punted, injected) = (t[0].punted + t[1].punted, t[0].injected + t[1].injected);
+        let (copies, punt_drops) = (
+            t[0].punt_copies + t[1].punt_copies,
+            t[0].punt_drops + t[1].punt_drops,
+        );
+        if punted + injected + copies + punt_drops > 0 {
+            writeln!(
+                f,
+                "control packets: {punted} consumed (coupon redemptions), {copies} copied (DNS answers), {punt_drops} dropped (ring full), {injected} answers sent"
+            )?;
+        }
         let conserved = if self.conserved() {
-            "yes (rx = tx + counted drops)"
+            "yes (rx + answers sent = tx + consumed + counted drops)"
         } else {
             "NO: packets unaccounted for"
         };

@@ -38,11 +38,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::classify::StaticRules;
-use crate::dpdk::{self, Burst, Mbuf, RxQueue, TxQueue, MAX_BURST};
+use crate::dpdk::{self, Burst, Mbuf, Mempool, RxQueue, TxQueue, MAX_BURST};
 use crate::flow::NO_METER;
 use crate::flow::{FlowDecision, FlowTable, Side};
 use crate::packet::{self, ActionSet, ApplyReport, FlowKey, Fragment, Parsed, ReverseRewrite};
-use crate::packet::{PROTO_TCP, TCP_ACK, TCP_SYN};
+use crate::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
+use crate::punt::{PuntAction, PuntRings, PuntRules, Punted, PUNT_CONSUME};
 use crate::sched::{MeterColor, Packet as SchedPacket, Scheduler, WorkerMeters};
 use crate::stats::{Direction, PathCounters, WorkerCounters};
 use crate::tables::TablesReader;
@@ -72,6 +73,18 @@ pub struct Pipeline {
     pub ns_per_tsc: f64,
     /// The current burst's time in nanoseconds (for the meters).
     now_ns: u64,
+    /// Control packets to hand to the control thread, if any.
+    pub punt: Option<PuntPath>,
+    /// Copies made (and not made) in the current burst.
+    copies: (u64, u64),
+}
+
+/// A worker's side of the punt rings ([`crate::punt`]).
+pub struct PuntPath {
+    pub rules: PuntRules,
+    pub rings: Arc<PuntRings>,
+    /// Copies (of DNS answers) come from here.
+    pub pool: Arc<Mempool>,
 }
 
 /// The level [`Pipeline::process_burst`] gives a packet its meter drops.
@@ -116,6 +129,56 @@ impl Pipeline {
             drop_red,
             ns_per_tsc,
             now_ns: 0,
+            punt: None,
+            copies: (0, 0),
+        }
+    }
+
+    /// Punts control packets per `punt` (see [`crate::punt`]).
+    pub fn with_punt(mut self, punt: PuntPath) -> Pipeline {
+        self.punt = (!punt.rules.is_off()).then_some(punt);
+        self
+    }
+
+    /// Copies (and failed copies) of the last burst, reset.
+    #[inline]
+    pub fn take_copies(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.copies)
+    }
+
+    /// What to do with parsed frame `m` for the control thread: `true` if
+    /// it is consumed. A copy is made here.
+    #[inline]
+    fn punt(&mut self, m: &Mbuf, p: &Parsed, dir: Direction) -> bool {
+        let Some(pp) = &self.punt else {
+            return false;
+        };
+        if p.proto() != PROTO_UDP || p.fragment() == Fragment::NonFirst {
+            return false;
+        }
+        match pp
+            .rules
+            .action(dir == Direction::Upstream, p.src_port(), p.dst_port())
+        {
+            PuntAction::Forward => false,
+            PuntAction::Consume => true,
+            PuntAction::Copy => {
+                let copied = m.copy_into(&pp.pool).and_then(|c| {
+                    pp.rings
+                        .to_control
+                        .push(Punted {
+                            mbuf: c,
+                            consumed: false,
+                        })
+                        .ok()
+                });
+                if copied.is_some() {
+                    self.copies.0 += 1;
+                } else {
+                    self.copies.1 += 1;
+                }
+                false
+            }
         }
     }
 
@@ -140,7 +203,7 @@ impl Pipeline {
     /// every packet's level and flow.
     #[inline]
     pub fn mode(&self, scheduled: bool) -> Mode {
-        if scheduled || !self.tables.is_inert() || !self.flows.is_empty() {
+        if scheduled || !self.tables.is_inert() || !self.flows.is_empty() || self.punt.is_some() {
             Mode::Flows
         } else if self.rules.is_empty() {
             Mode::Bridge
@@ -225,11 +288,16 @@ impl Pipeline {
         let mut per_level = [(0u64, 0u64); crate::stats::LEVELS];
         for (gi, group) in bufs.chunks_mut(GROUP).enumerate() {
             let mut pre: [Option<(Parsed, FlowKey, u64)>; GROUP] = [None; GROUP];
-            for (m, slot) in group.iter_mut().zip(pre.iter_mut()) {
-                let frame = m.data_mut();
-                match packet::parse(frame) {
+            // Frames the control thread takes (bit i: frame i of the group).
+            let mut consumed = 0u32;
+            for (i, (m, slot)) in group.iter_mut().zip(pre.iter_mut()).enumerate() {
+                match packet::parse(m.data()) {
                     Ok(p) => {
-                        if let Some(k) = p.flow_key(frame, dir) {
+                        if self.punt(m, &p, dir) {
+                            consumed |= 1 << i;
+                            continue;
+                        }
+                        if let Some(k) = p.flow_key(m.data(), dir) {
                             *slot = Some((p, k, self.flows.prefetch(&k)));
                         }
                     }
@@ -240,6 +308,12 @@ impl Pipeline {
                 self.flows.prefetch_entry(*h);
             }
             for (i, (m, slot)) in group.iter_mut().zip(pre.iter()).enumerate() {
+                if consumed & (1 << i) != 0 {
+                    if let Some(x) = meta.get_mut(gi * GROUP + i) {
+                        *x = (PUNT_CONSUME, 0);
+                    }
+                    continue;
+                }
                 let len = u64::from(m.pkt_len());
                 let (level, hash) = match slot {
                     Some((p, k, h)) => (
@@ -473,14 +547,64 @@ impl Worker {
                     }
                 }
             }
+            // Consumed control packets leave for the control thread (a full
+            // ring drops them); copies were made while processing.
+            let punt = self.pipeline.as_mut().and_then(|p| {
+                let copies = p.take_copies();
+                p.punt.as_ref().map(|pp| (Arc::clone(&pp.rings), copies))
+            });
+            let mut consumed = (0u64, 0u64);
+            let mut give = |m: Mbuf| {
+                consumed.0 += 1;
+                if let Some((rings, _)) = &punt {
+                    if rings
+                        .to_control
+                        .push(Punted {
+                            mbuf: m,
+                            consumed: true,
+                        })
+                        .is_err()
+                    {
+                        consumed.1 += 1;
+                    }
+                }
+            };
+            // Answers from the control thread leave by the subscriber port.
+            let replies = punt
+                .as_ref()
+                .filter(|_| lane.direction == Direction::Downstream)
+                .map(|(r, _)| &r.replies)
+                .filter(|r| !r.is_empty());
+            let mut injected = 0u64;
             match &mut lane.sched {
                 None => {
-                    if n > 0 {
+                    if let Some(r) = replies {
+                        while burst.len() < MAX_BURST {
+                            let Some(m) = r.pop() else { break };
+                            bytes += u64::from(m.pkt_len());
+                            // Past the processed frames: meta never covers them.
+                            meta[burst.len()] = (0, 0);
+                            let _ = burst.push(m);
+                            injected += 1;
+                        }
+                    }
+                    if n > 0 || injected > 0 {
                         if metering {
-                            // Red packets of metered bindings go no further.
-                            let before = burst.len();
-                            burst.retain(|i| meta.get(i).is_none_or(|m| m.0 != METER_DROP));
-                            counters.add_sched_drops((before - burst.len()) as u64);
+                            // Red packets of metered bindings go no further;
+                            // consumed control packets leave for the control
+                            // thread.
+                            let mut red = 0u64;
+                            burst.extract(
+                                |i| meta.get(i).is_some_and(|m| m.0 >= PUNT_CONSUME),
+                                |i, m| {
+                                    if meta.get(i).is_some_and(|x| x.0 == PUNT_CONSUME) {
+                                        give(m);
+                                    } else {
+                                        red += 1;
+                                    }
+                                },
+                            );
+                            counters.add_sched_drops(red);
                             bytes = burst
                                 .as_slice()
                                 .iter()
@@ -496,7 +620,7 @@ impl Worker {
                     }
                 }
                 Some(ls) => {
-                    if n == 0 && ls.sched.is_empty() {
+                    if n == 0 && ls.sched.is_empty() && replies.is_none() {
                         continue;
                     }
                     let now = (dpdk::rdtsc() as f64 * ls.ns_per_tsc) as u64;
@@ -508,6 +632,7 @@ impl Worker {
                                 refused += 1;
                                 return;
                             }
+                            Some(&(PUNT_CONSUME, _)) => return give(m),
                             Some(&m) if !ls.fifo => m,
                             _ => (BEST_EFFORT, 0),
                         };
@@ -516,6 +641,15 @@ impl Worker {
                             refused += 1;
                         }
                     });
+                    if let Some(r) = replies {
+                        while let Some(m) = r.pop() {
+                            // Network control: ahead of everything queued.
+                            if ls.sched.enqueue(m, 0, 0, now).is_err() {
+                                refused += 1;
+                            }
+                            injected += 1;
+                        }
+                    }
                     let mut aqm = 0u64;
                     let out = &mut ls.out;
                     let sojourn = self.counters.sched(lane.direction);
@@ -546,6 +680,12 @@ impl Worker {
                     if ls.passes % 16 == 0 {
                         sojourn.publish(|l| ls.sched.counters(l));
                     }
+                }
+            }
+            if let Some((_, (copies, copy_drops))) = punt {
+                counters.add_punts(consumed.0, consumed.1, copies, copy_drops);
+                if injected > 0 {
+                    counters.add_injected(injected);
                 }
             }
         }

@@ -493,6 +493,9 @@ pub struct Response {
     /// workers' counters (see [`crate::server::Dataplane::stats`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dataplane: Option<serde_json::Value>,
+    /// `stats`: signed coupons (see `crate::coupons::Coupons::stats`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coupons: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ProtocolError>,
 }

@@ -177,7 +177,7 @@ pub struct Store {
     opts: StoreOptions,
 }
 
-fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
+pub(crate) fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
     move |source| StoreError::Io {
         op,
         path: path.to_path_buf(),
@@ -187,7 +187,7 @@ fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> Sto
 
 /// One record: `value` as JSON behind its header, encoded in place (no copy
 /// of a multi-megabyte payload).
-fn record<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn record<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut buf = vec![0u8; HEADER];
     serde_json::to_writer(&mut buf, value).expect("policy rows always serialize");
     let len = buf.len() - HEADER;
@@ -209,7 +209,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// The record starting at `data[0]`: its payload and total length, or
 /// why it is not a complete, intact record.
-fn read_record(data: &[u8]) -> Result<(&[u8], usize), &'static str> {
+pub(crate) fn read_record(data: &[u8]) -> Result<(&[u8], usize), &'static str> {
     if data.len() < HEADER {
         return Err("incomplete record header");
     }
@@ -233,7 +233,7 @@ fn read_record(data: &[u8]) -> Result<(&[u8], usize), &'static str> {
 }
 
 /// Whether an intact record starts anywhere in `data`.
-fn any_record_in(data: &[u8]) -> bool {
+pub(crate) fn any_record_in(data: &[u8]) -> bool {
     (0..data.len().saturating_sub(HEADER - 1))
         .any(|i| data[i..].starts_with(&MAGIC) && read_record(&data[i..]).is_ok())
 }
@@ -279,13 +279,13 @@ struct SnapshotIn {
     eligibility: Vec<EligibilityRule>,
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync directory", dir))
 }
 
-fn read_all(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+pub(crate) fn read_all(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     match File::open(path) {
         Ok(mut f) => {
             let mut v = Vec::new();

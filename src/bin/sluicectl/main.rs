@@ -17,6 +17,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+mod signed;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
@@ -76,8 +78,10 @@ enum Command {
     Tables,
     /// Import a CSV file into a table, in batches, with progress.
     Import(ImportArgs),
-    /// Coupons: a subscriber's redeemed coupon, optionally for one
-    /// destination prefix and/or port.
+    /// Coupons: signed coupons (keygen, issue, revoke, list, show, redeem,
+    /// stats) and the binding rows a redeemed coupon gives a subscriber,
+    /// optionally for one destination prefix and/or port (add, update,
+    /// remove).
     #[command(subcommand)]
     Coupon(CouponCmd),
     /// Logins: a subscriber address logged in with a tier.
@@ -216,15 +220,17 @@ struct DecisionArgs {
 
 #[derive(Subcommand, Debug)]
 enum CouponCmd {
-    /// Add a coupon.
+    /// Add a coupon binding row by hand.
     Add(CouponRow),
     /// Replace the coupon with this --id.
     Update(CouponRow),
-    /// Remove a coupon.
+    /// Remove a coupon binding row.
     Remove {
         #[arg(long)]
         id: String,
     },
+    #[command(flatten)]
+    Signed(signed::SignedCmd),
 }
 
 #[derive(Args, Debug)]
@@ -392,6 +398,8 @@ enum Plan {
         quiet: bool,
         check: bool,
     },
+    /// A signed-coupon command.
+    Signed(signed::SignedPlan),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -578,6 +586,7 @@ fn plan(command: &Command) -> anyhow::Result<Plan> {
                     ..KeySpec::default()
                 },
             )?,
+            CouponCmd::Signed(s) => Plan::Signed(signed::plan(s)?),
         },
         Command::Login(c) => match c {
             LoginCmd::Add(r) => add(Table::Login, login(r)?),
@@ -681,6 +690,19 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             quiet,
             check,
         } => import(cli, table, &file, batch, quiet, check),
+        Plan::Signed(p) => {
+            let line = p.request.to_string();
+            let reply = connect(cli)?
+                .call_line(&line)
+                .map_err(|e| json_error(cli, e))?;
+            let text = signed::finish(&p, &reply.value)?;
+            if cli.json {
+                println!("{}", reply.line);
+            } else {
+                print!("{text}");
+            }
+            Ok(())
+        }
     }
 }
 
