@@ -3,9 +3,12 @@
 # namespaces, on its embedded default config (net_tap ports sl-sub/sl-up,
 # one worker, no hugepages, the upstream egress shaped to 50 Mbit/s), with
 # real kernel traffic through it: ping, an iperf3 TCP run, a socat transfer
-# checked by sha256 while a tcpdump on the far side watches, then a premium
-# flow (a coupon added with sluicectl) beside a bulk flow through the shaped
-# egress, with pings beside each. Live counters print every second,
+# checked by sha256 while a tcpdump on the far side watches, then two TCP
+# flows through the shaped egress, both best effort, until part-way through
+# the operator issues a signed priority coupon (sluicectl coupon issue) and
+# the subscriber's client redeems it in band (sluice-client redeem, a UDP
+# packet through the appliance): that flow moves to the premium level, with
+# pings beside each. Live counters print every second,
 # per priority level on the shaped egress (throughput, queueing delay,
 # drops); the final report, the per-level summary and the mempool check
 # print at the end.
@@ -14,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet --bin sluice --bin sluicectl
+cargo build --release --quiet --bin sluice --bin sluicectl --bin sluice-client
 
 NS_SUB=sluice-demo-sub NS_UP=sluice-demo-up
 A=198.18.0.1 B=198.18.0.2
@@ -66,26 +69,42 @@ echo "sent     $sent"
 echo "received $got"
 [ "$sent" = "$got" ] || { echo "demo: transfer corrupted" >&2; exit 1; }
 
-step "premium beside bulk through the egress shaped to 50 Mbit/s"
+step "a signed coupon redeemed part-way through two flows on the egress shaped to 50 Mbit/s"
 P=198.18.0.11
 ip -n "$NS_SUB" addr add "$P/24" dev sl-sub
 ctl() { ./target/release/sluicectl --socket "$work/control.sock" "$@"; }
-ctl coupon add --id demo-premium --subscriber "$P" --level premium --dscp level
+client() { ip netns exec "$NS_SUB" ./target/release/sluice-client --dir "$work/client" "$@"; }
+levels() { # packets per level so far, from the appliance's counters
+  ctl --json stats | python3 -c 'import json,sys; d=json.load(sys.stdin)["dataplane"]["levels"]; print("  ".join("L%s %s pkts" % (l["level"], l["packets"]) for l in d if l["packets"]))'
+}
+ctl coupon keygen
+ctl coupon issue --id demo-premium --customer demo-subscriber --level 3 --dscp 46 \
+  --basis transaction --amount 199 --valid-for 3600 --out "$work/demo-premium.coupon.json"
+client install "$work/demo-premium.coupon.json"
 ip netns exec "$NS_UP" iperf3 -s -1 -p 5201 >/dev/null &
 ip netns exec "$NS_UP" iperf3 -s -1 -p 5202 >/dev/null &
 sleep 0.5
 idle=$(ip netns exec "$NS_SUB" ping -c 5 -i 0.2 -I "$P" "$B" | awk -F/ '/min\/avg/ {print $5}')
-ip netns exec "$NS_SUB" iperf3 -c "$B" -p 5201 -B "$A" -t 8 -f m >"$work/bulk.txt" &
+ip netns exec "$NS_SUB" iperf3 -c "$B" -p 5201 -B "$A" -t 12 -f m >"$work/bulk.txt" &
 bulk_pid=$!
-ip netns exec "$NS_SUB" iperf3 -c "$B" -p 5202 -B "$P" -t 8 -f m >"$work/premium.txt" &
+ip netns exec "$NS_SUB" iperf3 -c "$B" -p 5202 -B "$P" -t 12 -f m -i 2 >"$work/premium.txt" &
 prem_pid=$!
+sleep 2
+before_rtt=$(ip netns exec "$NS_SUB" ping -c 10 -i 0.2 -I "$P" "$B" | awk -F/ '/min\/avg/ {print $5}')
+echo "  before the coupon: $(levels)"
+step "sluice-client redeems the coupon in band from $P"
+client redeem demo-premium --via "$B:7466" --src "$P"
+echo "  just after:        $(levels)"
 sleep 2
 prem_rtt=$(ip netns exec "$NS_SUB" ping -c 10 -i 0.2 -I "$P" "$B" | awk -F/ '/min\/avg/ {print $5}')
 be_rtt=$(ip netns exec "$NS_SUB" ping -c 10 -i 0.2 -I "$A" "$B" | awk -F/ '/min\/avg/ {print $5}')
 wait "$bulk_pid" "$prem_pid"
+echo "  after:             $(levels)"
 echo "  bulk (best effort, $A):  $(awk '/receiver/ {print $7, $8}' "$work/bulk.txt")"
-echo "  premium (coupon, $P):     $(awk '/receiver/ {print $7, $8}' "$work/premium.txt")"
-echo "  ping RTT: idle $idle ms; under load: premium $prem_rtt ms, best effort $be_rtt ms"
+echo "  coupon holder ($P), per 2 s:"
+awk '/sec/ && !/sender|receiver/ {print "    " $3 " s  " $7 " " $8}' "$work/premium.txt"
+echo "  ping RTT from $P: idle $idle ms; under load before the coupon $before_rtt ms, after $prem_rtt ms (best effort $be_rtt ms)"
+ctl coupon list
 
 sleep 0.5
 ip netns pids "$NS_UP" | xargs -r kill -INT 2>/dev/null || true

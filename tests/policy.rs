@@ -91,6 +91,7 @@ fn a_coupon_added_mid_transfer_marks_the_flow_and_its_removal_unmarks_it() {
         "the transfer lost or corrupted data"
     );
     let end = stats(&bench.socket);
+    settle(&pcap);
     stop_capture(cap);
     let report = bench.stop();
 

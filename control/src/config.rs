@@ -604,7 +604,11 @@ impl Config {
             ));
         }
         if !(16..=10_000_000).contains(&c.dns_entries) {
-            return Err(invalid("coupons.dns_entries", c.dns_entries, "16..=10000000"));
+            return Err(invalid(
+                "coupons.dns_entries",
+                c.dns_entries,
+                "16..=10000000",
+            ));
         }
         let sub = Device::parse("ports.subscriber.device", &self.ports.subscriber.device)?;
         let up = Device::parse("ports.upstream.device", &self.ports.upstream.device)?;

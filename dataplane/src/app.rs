@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_control::config::{Config, OverPeak, PortConfig, SchedMode, SchedulerConfig};
+use sluice_control::coupons::{Coupons, CouponsError};
 use sluice_control::policy::store::{StoreError, StoreOptions};
 use sluice_control::policy::Policy;
 use sluice_control::policy::{PolicyState, Touched};
-use sluice_control::coupons::{Coupons, CouponsError};
 use sluice_control::server::{ControlServer, Dataplane, PuntedFrame, ServerError};
 use thiserror::Error;
 
@@ -27,10 +27,10 @@ use crate::classify::StaticRules;
 use crate::dpdk::{self, DpdkError, Eal, Mempool, Port, PortSetup};
 use crate::flow::{FlowTable, FlowTableConfig, FlowTableError};
 use crate::mirror::Mirror;
+use crate::punt::{PuntRings, PuntRules};
 use crate::sched::{CodelConfig, MeterTable, SchedConfig, SchedError, Scheduler, WorkerMeters};
 use crate::stats::{Direction, PortReport, RunReport, WorkerCounters};
 use crate::tables::{Table, TableError, TablesConfig};
-use crate::punt::{PuntRings, PuntRules};
 use crate::worker::{Lane, LaneSched, Pipeline, PuntPath, Worker};
 
 /// A failure while bringing the appliance up or running it.
@@ -184,15 +184,15 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
     for _ in &cfg.workers.cores {
         pipelines.push(Some(
             Pipeline::new(
-            Arc::clone(&rules),
-            mirror.reader(),
-            FlowTable::new(flow_cfg)?,
-            // Buckets of 50 ms of each rate: TCP through a policer needs room
-            // for a window's burst.
-            WorkerMeters::new(Arc::clone(&meter_table), 50_000_000),
-            cfg.scheduler.over_peak == OverPeak::Drop,
-            1e9 / hz as f64,
-        )
+                Arc::clone(&rules),
+                mirror.reader(),
+                FlowTable::new(flow_cfg)?,
+                // Buckets of 50 ms of each rate: TCP through a policer needs room
+                // for a window's burst.
+                WorkerMeters::new(Arc::clone(&meter_table), 50_000_000),
+                cfg.scheduler.over_peak == OverPeak::Drop,
+                1e9 / hz as f64,
+            )
             .with_punt(PuntPath {
                 rules: punt_rules,
                 rings: Arc::clone(&rings),

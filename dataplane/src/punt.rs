@@ -111,8 +111,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redemptions_are_consumed_only_from_the_subscriber_side_and_dns_copied_only_from_upstream()
-    {
+    fn redemptions_are_consumed_only_from_the_subscriber_side_and_dns_copied_only_from_upstream() {
         let r = PuntRules {
             redeem_port: 7466,
             snoop_dns: true,

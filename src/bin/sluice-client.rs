@@ -178,7 +178,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "forwarding {listen} -> {}:{}{} for coupon {id}",
                 target.host,
                 target.port,
-                target.dscp.map(|d| format!(" dscp {d}")).unwrap_or_default()
+                target
+                    .dscp
+                    .map(|d| format!(" dscp {d}"))
+                    .unwrap_or_default()
             );
             forward(&listener, &target).with_context(|| format!("accepting on {listen}"))?;
         }

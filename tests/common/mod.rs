@@ -545,6 +545,33 @@ impl Bench {
     }
 }
 
+/// A background process (a server, a DNS server) killed and reaped when
+/// this drops.
+pub struct Background(pub Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the capture file `pcap` stops growing (at most 10 s): on
+/// this 2-core machine tcpdump can lag a burst by seconds, and what it has
+/// not read from the kernel when it is stopped is lost.
+pub fn settle(pcap: &Path) {
+    let until = Instant::now() + Duration::from_secs(10);
+    let size = || std::fs::metadata(pcap).map_or(0, |m| m.len());
+    let mut last = size();
+    let mut quiet = 0;
+    while quiet < 3 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = size();
+        quiet = if now == last { quiet + 1 } else { 0 };
+        last = now;
+    }
+}
+
 pub fn stop_capture(mut c: std::process::Child) {
     std::thread::sleep(Duration::from_millis(300));
     let _ = Command::new("kill")

@@ -148,13 +148,12 @@ impl Ledger {
         while off < data.len() {
             match read_record(&data[off..]) {
                 Ok((payload, len)) => {
-                    let ev: Event = serde_json::from_slice(payload).map_err(|e| {
-                        StoreError::Corrupt {
+                    let ev: Event =
+                        serde_json::from_slice(payload).map_err(|e| StoreError::Corrupt {
                             path: path.clone(),
                             offset: off as u64,
                             reason: format!("bad ledger event: {e}"),
-                        }
-                    })?;
+                        })?;
                     l.apply(ev);
                     off += len;
                 }

@@ -61,8 +61,7 @@ use sluice_coupon::{Claims, KeyRing, Refusal};
 use crate::config::CouponsConfig;
 use crate::dns::DnsCache;
 use crate::policy::{
-    Change, CouponBinding, Entry, Key, PolicyState, StoreError,
-    MAX_COUPONS_PER_SUBSCRIBER,
+    Change, CouponBinding, Entry, Key, PolicyState, StoreError, MAX_COUPONS_PER_SUBSCRIBER,
 };
 use ledger::{CouponRecord, Event, Ledger};
 
@@ -606,10 +605,13 @@ impl Coupons {
                     Err(e) => return error("claims", e.to_string()),
                 };
                 if self.ledger.get(&claims.id).is_some() {
-                    return error("claims.id", format!("coupon {:?} already exists", claims.id));
+                    return error(
+                        "claims.id",
+                        format!("coupon {:?} already exists", claims.id),
+                    );
                 }
-                let static_rows = claims.scope.prefixes.len().max(1)
-                    * claims.scope.ports.len().max(1);
+                let static_rows =
+                    claims.scope.prefixes.len().max(1) * claims.scope.ports.len().max(1);
                 if claims.scope.hosts.is_empty() && static_rows > MAX_COUPONS_PER_SUBSCRIBER {
                     return error(
                         "claims.scope",
@@ -677,12 +679,7 @@ impl Coupons {
             CouponRequest::CouponRedeem { token, subscriber } => {
                 let sub: IpAddr = match subscriber.parse() {
                     Ok(a) => a,
-                    Err(_) => {
-                        return error(
-                            "subscriber",
-                            format!("bad IP address {subscriber:?}"),
-                        )
-                    }
+                    Err(_) => return error("subscriber", format!("bad IP address {subscriber:?}")),
                 };
                 let out = self.redeem_token(&token, sub, now, b);
                 outcome_json(&out)
@@ -794,13 +791,9 @@ fn check_family(c: &Claims, subscriber: IpAddr) -> Result<(), String> {
         }
     }
     let fam = |p: &ipnet::IpNet| p.addr().is_ipv4() == subscriber.is_ipv4();
-    if !c.scope.prefixes.is_empty()
-        && c.scope.hosts.is_empty()
-        && !c.scope.prefixes.iter().any(fam)
+    if !c.scope.prefixes.is_empty() && c.scope.hosts.is_empty() && !c.scope.prefixes.iter().any(fam)
     {
-        return Err(format!(
-            "no scope prefix is of the family of {subscriber}"
-        ));
+        return Err(format!("no scope prefix is of the family of {subscriber}"));
     }
     Ok(())
 }
@@ -872,6 +865,7 @@ pub fn outcome_json(o: &Outcome) -> Value {
 /// The operator's coupon requests (`"op": "coupon_..."`).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[allow(clippy::enum_variant_names)] // the variant names are the wire's op names
 enum CouponRequest {
     CouponKeygen {},
     CouponKeys {},

@@ -89,13 +89,32 @@ fn a_redemption_binds_each_restriction_and_a_second_subscriber_counts_toward_the
     );
     let t = issue(&mut c, &mut b, &cl, MONDAY);
     let out = c.redeem_token(&t, ip("10.0.0.1"), MONDAY, &mut b);
-    assert!(matches!(out, Outcome::Granted { rows: 2, again: false, .. }), "{out:?}");
-    assert_eq!(level_of(&b, "10.0.0.1", "203.0.113.9", 443, MONDAY), (3, true));
+    assert!(
+        matches!(
+            out,
+            Outcome::Granted {
+                rows: 2,
+                again: false,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        level_of(&b, "10.0.0.1", "203.0.113.9", 443, MONDAY),
+        (3, true)
+    );
     assert_eq!(level_of(&b, "10.0.0.1", "203.0.113.9", 80, MONDAY).1, false);
-    assert_eq!(level_of(&b, "10.0.0.2", "203.0.113.9", 443, MONDAY).1, false);
+    assert_eq!(
+        level_of(&b, "10.0.0.2", "203.0.113.9", 443, MONDAY).1,
+        false
+    );
     // Again from the same address: granted, nothing new recorded.
     let again = c.redeem_token(&t, ip("10.0.0.1"), MONDAY, &mut b);
-    assert!(matches!(again, Outcome::Granted { again: true, .. }), "{again:?}");
+    assert!(
+        matches!(again, Outcome::Granted { again: true, .. }),
+        "{again:?}"
+    );
     assert!(matches!(
         c.redeem_token(&t, ip("10.0.0.2"), MONDAY, &mut b),
         Outcome::Granted { .. }
@@ -115,19 +134,29 @@ fn a_time_window_switches_the_bindings_on_and_off_without_a_restart() {
     let t = issue(&mut c, &mut b, &cl, MONDAY);
     let noon = MONDAY + 12 * 3600;
     let out = c.redeem_token(&t, ip("10.0.0.1"), noon, &mut b);
-    assert!(matches!(out, Outcome::Granted { rows: 0, .. }), "outside its window: {out:?}");
+    assert!(
+        matches!(out, Outcome::Granted { rows: 0, .. }),
+        "outside its window: {out:?}"
+    );
     assert_eq!(b.0.coupons().len(), 0);
     c.sweep(MONDAY + 18 * 3600 - 1, &mut b);
     assert_eq!(b.0.coupons().len(), 0);
     c.sweep(MONDAY + 18 * 3600, &mut b);
     assert_eq!(b.0.coupons().len(), 1, "on at 18:00");
-    assert_eq!(level_of(&b, "10.0.0.1", "192.0.2.1", 80, MONDAY + 18 * 3600).0, 3);
+    assert_eq!(
+        level_of(&b, "10.0.0.1", "192.0.2.1", 80, MONDAY + 18 * 3600).0,
+        3
+    );
     c.sweep(MONDAY + 23 * 3600, &mut b);
     assert_eq!(b.0.coupons().len(), 0, "off at 23:00");
     // Saturday: no window.
     c.sweep(MONDAY + 5 * 86400 + 19 * 3600, &mut b);
     assert_eq!(b.0.coupons().len(), 0);
-    let v = c.handle(r#"{"op":"coupon_get","id":"evening"}"#, MONDAY + 12 * 3600, &mut b);
+    let v = c.handle(
+        r#"{"op":"coupon_get","id":"evening"}"#,
+        MONDAY + 12 * 3600,
+        &mut b,
+    );
     assert_eq!(v["coupon"]["state"], "outside_window", "{v}");
 }
 
@@ -154,7 +183,10 @@ fn bad_requests_change_nothing_and_name_the_field() {
     let cases = [
         (r#"{"op":"coupon_issue","claims":{"id":"x"}}"#, "claims"),
         (r#"{"op":"coupon_revoke","id":"bad id!"}"#, "id"),
-        (r#"{"op":"coupon_redeem","token":"v4.public.xx","subscriber":"10.0.0.300"}"#, "subscriber"),
+        (
+            r#"{"op":"coupon_redeem","token":"v4.public.xx","subscriber":"10.0.0.300"}"#,
+            "subscriber",
+        ),
         (r#"{"op":"coupon_frobnicate"}"#, ""),
     ];
     for (req, field) in cases {
@@ -166,7 +198,11 @@ fn bad_requests_change_nothing_and_name_the_field() {
         "wide",
         json!({"scope": {"prefixes": ["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"], "ports": [1, 2]}}),
     );
-    let v = c.handle(&json!({"op":"coupon_issue","claims": five}).to_string(), MONDAY, &mut b);
+    let v = c.handle(
+        &json!({"op":"coupon_issue","claims": five}).to_string(),
+        MONDAY,
+        &mut b,
+    );
     assert_eq!(v["error"]["field"], "claims.scope", "{v}");
     assert_eq!(c.ledger().len(), 0);
     assert_eq!(b.0.seq(), 0);
@@ -179,7 +215,8 @@ fn a_crash_between_ledger_and_policy_is_repaired_by_reconcile() {
     c.redeem_token(&t, ip("10.0.0.1"), MONDAY, &mut b);
     // The policy lost the row (as if the process died before committing it).
     let ids: Vec<String> = b.0.coupons().map(|r| r.id().to_owned()).collect();
-    b.0.apply(&[Change::Remove(Key::Coupon(ids[0].clone()))]).unwrap();
+    b.0.apply(&[Change::Remove(Key::Coupon(ids[0].clone()))])
+        .unwrap();
     c.reconcile_all(MONDAY + 1, &mut b);
     assert_eq!(b.0.coupons().len(), 1);
     // Expired coupons are not restored.
@@ -190,16 +227,25 @@ fn a_crash_between_ledger_and_policy_is_repaired_by_reconcile() {
 #[test]
 fn a_subscriber_keeps_what_fits_and_the_rest_is_counted() {
     let (mut c, mut b, _d) = setup();
-    for (i, p) in ["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"].iter().enumerate() {
+    for (i, p) in ["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"]
+        .iter()
+        .enumerate()
+    {
         let t = issue(
             &mut c,
             &mut b,
-            &claims(&format!("c{i}"), json!({"scope": {"prefixes": [p], "ports": [1, 2]}})),
+            &claims(
+                &format!("c{i}"),
+                json!({"scope": {"prefixes": [p], "ports": [1, 2]}}),
+            ),
             MONDAY,
         );
         c.redeem_token(&t, ip("10.0.0.1"), MONDAY, &mut b);
     }
-    assert_eq!(b.0.coupons().len(), crate::policy::MAX_COUPONS_PER_SUBSCRIBER);
+    assert_eq!(
+        b.0.coupons().len(),
+        crate::policy::MAX_COUPONS_PER_SUBSCRIBER
+    );
     assert_eq!(c.counters().scope_overflow, 2);
 }
 
@@ -218,7 +264,11 @@ fn the_ledger_survives_a_reopen() {
             via: "packet".into(),
         })
         .unwrap();
-        l.record(ledger::Event::Revoked { id: "d".into(), at: 6 }).unwrap();
+        l.record(ledger::Event::Revoked {
+            id: "d".into(),
+            at: 6,
+        })
+        .unwrap();
     }
     // A torn tail (a write that was never acknowledged) is cut off.
     let path = dir.path().join(ledger::LEDGER_FILE);

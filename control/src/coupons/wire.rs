@@ -5,7 +5,9 @@
 //! wrote to.
 use std::net::IpAddr;
 
-use etherparse::{InternetSlice, LinkSlice, PacketBuilder, SlicedPacket, TransportSlice, VlanSlice};
+use etherparse::{
+    InternetSlice, LinkSlice, PacketBuilder, SlicedPacket, TransportSlice, VlanSlice,
+};
 
 /// A UDP datagram inside a punted frame, with what an answer needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

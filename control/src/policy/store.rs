@@ -177,7 +177,10 @@ pub struct Store {
     opts: StoreOptions,
 }
 
-pub(crate) fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
+pub(crate) fn io_err<'p>(
+    op: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(io::Error) -> StoreError + 'p {
     move |source| StoreError::Io {
         op,
         path: path.to_path_buf(),

@@ -26,7 +26,7 @@ pub enum SignedCmd {
     /// List the issuer keys.
     Keys,
     /// Sign a coupon and write its install bundle.
-    Issue(IssueArgs),
+    Issue(Box<IssueArgs>),
     /// Revoke a coupon: it grants nothing from now on, and its bindings go.
     Revoke {
         #[arg(long)]
@@ -48,7 +48,12 @@ pub enum SignedCmd {
     /// end that authenticated the user; no proof of possession).
     Redeem {
         /// The install bundle, or --token.
-        #[arg(long, value_name = "FILE", conflicts_with = "token", required_unless_present = "token")]
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "token",
+            required_unless_present = "token"
+        )]
         bundle: Option<PathBuf>,
         /// The coupon token (v4.public...).
         #[arg(long)]
@@ -135,7 +140,10 @@ pub struct SignedPlan {
 fn random_id() -> String {
     let mut b = [0u8; 6];
     getrandom::fill(&mut b).expect("the OS random source");
-    format!("c-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    format!(
+        "c-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
 }
 
 /// Builds the request (checked here as far as it can be, the appliance
@@ -168,7 +176,9 @@ pub fn plan(cmd: &SignedCmd) -> anyhow::Result<SignedPlan> {
                 (None, Some(t)) => t.clone(),
                 (None, None) => bail!("give --bundle or --token"),
             };
-            plain(json!({"op": "coupon_redeem", "token": token, "subscriber": subscriber.to_string()}))
+            plain(
+                json!({"op": "coupon_redeem", "token": token, "subscriber": subscriber.to_string()}),
+            )
         }
         SignedCmd::Issue(a) => {
             let id = a.id.clone().unwrap_or_else(random_id);
@@ -253,13 +263,19 @@ fn render(op: &Value, v: &Value) -> String {
     match op.as_str().unwrap_or_default() {
         "coupon_keygen" => format!("new issuer key {}\n", v["kid"].as_str().unwrap_or_default()),
         "coupon_keys" => {
-            let mut s = String::from("kid                                              created               signs\n");
+            let mut s = String::from(
+                "kid                                              created               signs\n",
+            );
             for k in v["keys"].as_array().into_iter().flatten() {
                 s.push_str(&format!(
                     "{:<48} {:<21} {}\n",
                     k["kid"].as_str().unwrap_or_default(),
                     format_utc(k["created"].as_u64().unwrap_or(0)),
-                    if k["can_sign"].as_bool() == Some(true) { "yes" } else { "no (public only)" }
+                    if k["can_sign"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no (public only)"
+                    }
                 ));
             }
             s
@@ -291,7 +307,10 @@ fn render(op: &Value, v: &Value) -> String {
                     r["via"].as_str().unwrap_or_default()
                 ));
             }
-            s.push_str(&format!("  scope {}  windows {}  basis {}\n", c["scope"], c["windows"], c["basis"]));
+            s.push_str(&format!(
+                "  scope {}  windows {}  basis {}\n",
+                c["scope"], c["windows"], c["basis"]
+            ));
             s
         }
         "coupon_redeem" => format!(
