@@ -75,7 +75,7 @@ ip -n "$NS_SUB" addr add "$P/24" dev sl-sub
 ctl() { ./target/release/sluicectl --socket "$work/control.sock" "$@"; }
 client() { ip netns exec "$NS_SUB" ./target/release/sluice-client --dir "$work/client" "$@"; }
 levels() { # packets per level so far, from the appliance's counters
-  ctl --json stats | python3 -c 'import json,sys; d=json.load(sys.stdin)["dataplane"]["levels"]; print("  ".join("L%s %s pkts" % (l["level"], l["packets"]) for l in d if l["packets"]))'
+  ctl stats | sed -n 's/^packets per level: //p'
 }
 ctl coupon keygen
 ctl coupon issue --id demo-premium --customer demo-subscriber --level 3 --dscp 46 \

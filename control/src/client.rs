@@ -1184,6 +1184,14 @@ pub fn render_stats(v: &Value) -> String {
         }
         Some(_) | None => out.push_str("\nstore: none (the policy is in memory only)\n"),
     }
+    if let Some(levels) = v.pointer("/dataplane/levels").and_then(Value::as_array) {
+        let parts: Vec<String> = levels
+            .iter()
+            .filter(|l| l["packets"].as_u64().unwrap_or(0) > 0)
+            .map(|l| format!("L{} {} pkts", cell(&l["level"]), cell(&l["packets"])))
+            .collect();
+        out.push_str(&format!("packets per level: {}\n", parts.join("  ")));
+    }
     for (k, val) in v.as_object().into_iter().flatten() {
         if !matches!(k.as_str(), "ok" | "seq" | "tables" | "store") {
             out.push_str(&format!("{k}: {}\n", cell(val)));
