@@ -8,8 +8,9 @@
 //! Per burst the worker picks the cheapest path that gives the same result
 //! ([`Pipeline::mode`]):
 //! - **bridge**: no static rule, the policy tables are inert (no binding,
-//!   no SP prefix, a default that rewrites nothing) and no flow holds
-//!   reverse state: packets are not even parsed;
+//!   no SP prefix, a default that rewrites nothing), no flow holds
+//!   reverse state and no control packet is punted ([`crate::punt`]):
+//!   packets are not even parsed;
 //! - **stateless**: the same, but with a few DSCP-only static rules,
 //!   matched per packet without the flow table;
 //! - **flows**: parse -> flow-table lookup (an established flow keeps its

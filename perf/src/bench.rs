@@ -338,6 +338,8 @@ impl<'a> Bench<'a> {
             ring_desc: RING_DESC,
             extra,
             upstream_rate_bps: self.rate,
+            // The full pipeline (shaped) runs with coupon punting on.
+            punt: self.rate.is_some(),
         };
         let rate_tag = self.rate.map(|r| format!("-{r}")).unwrap_or_default();
         let cfg = self.opts.work_dir.join(format!("{name}{rate_tag}.toml"));

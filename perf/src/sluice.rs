@@ -51,6 +51,11 @@ pub struct Setup {
     pub extra: String,
     /// Shape the upstream port's egress (runs the scheduler).
     pub upstream_rate_bps: Option<u64>,
+    /// Coupon control packets (redemptions, DNS answers) punted to the
+    /// control thread: this forces every packet through the flow path, so
+    /// the bridge and rule scenarios measure without it (as an operator who
+    /// does not use in-band redemption runs) and the full pipeline with it.
+    pub punt: bool,
 }
 
 /// A complete config with every performance-relevant key spelled out, so
@@ -81,8 +86,14 @@ burst = {burst}
 mbufs = {mbufs}
 cache = {cache}
 data_room = 2176
+
+[coupons]
+redeem_port = {redeem}
+snoop_dns = {punt}
 {extra}
 "#,
+        redeem = if s.punt { 7466 } else { 0 },
+        punt = s.punt,
         mem = s.mem_mb,
         d0 = s.devices[0],
         d1 = s.devices[1],
@@ -262,6 +273,7 @@ mod tests {
             ring_desc: 1024,
             extra: "\n[control]\nsocket = \"/tmp/x.sock\"\n".into(),
             upstream_rate_bps: Some(1_000_000_000),
+            punt: true,
         });
         assert!(
             toml.contains("tx_desc = 1024\nrate_bps = 1000000000\n"),

@@ -44,6 +44,31 @@
 //! or an IVR front end that has authenticated the user itself) names the
 //! subscriber address and needs no proof of possession: the socket is
 //! root-only.
+//!
+//! # Requests on the control socket
+//! One JSON object per line, as the policy requests; unknown fields are
+//! errors; every response has `ok`, and a failure an `error` with the
+//! `field` at fault and the `reason`:
+//! ```json
+//! {"op":"coupon_keygen"}
+//! {"op":"coupon_keys"}
+//! {"op":"coupon_issue","claims":{"id":"c-1","customer":"alice","level":3,"modes":[{"port":8080}],"scope":{"prefixes":["203.0.113.10/32"],"ports":[80]},"basis":{"kind":"customer","amount":0},"not_before":1795392000,"expires":1795478400,"max_redemptions":1,"holder":"k4.public...."}}
+//! {"op":"coupon_revoke","id":"c-1"}
+//! {"op":"coupon_list","offset":0,"limit":100}
+//! {"op":"coupon_get","id":"c-1"}
+//! {"op":"coupon_redeem","token":"v4.public....","subscriber":"198.18.0.1"}
+//! {"op":"coupon_stats"}
+//! ```
+//! ```json
+//! {"ok":true,"id":"c-1","kid":"k4.pid....","token":"v4.public...."}
+//! {"ok":true,"status":"granted","coupon":"c-1","level":3,"until":1795478400,"bindings":1,"again":false}
+//! {"ok":false,"status":"refused","coupon":null,"reason":"expired","error":{"field":"","reason":"expired: ..."}}
+//! ```
+//! `coupon_list`/`coupon_get` give each coupon's `state` (`valid`,
+//! `not_yet_valid`, `outside_window`, `expired`, `revoked`), its
+//! redemptions (subscriber, time, `packet` or `socket`) and the bindings it
+//! holds now; `stats` (and `coupon_stats`) the grants, the refusals by
+//! reason, the answers sent and the DNS names learned.
 pub mod ledger;
 #[cfg(test)]
 mod tests;

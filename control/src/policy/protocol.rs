@@ -71,6 +71,9 @@
 //! {"ok":false,"error":{"index":3,"field":"entries[3].subscriber","reason":"bad IP address \"10.0.0.300\": expected IPv4 (192.0.2.1) or IPv6 (2001:db8::1)"}}
 //! {"ok":false,"error":{"field":"","reason":"truncated JSON: EOF while parsing an object at line 1 column 40 (a request is one complete JSON object on one line)"}}
 //! ```
+//! Signed coupons have requests of their own (`"op":"coupon_..."`), handled
+//! by `crate::coupons` (its module doc lists them).
+//!
 //! `seq` counts every change ever applied; each table's `generation` counts
 //! the changes to it. `error.index` is the position of the failing entry,
 //! key or change in the request (absent when the request as a whole is
