@@ -564,6 +564,30 @@ fn forged_expired_revoked_replayed_and_garbage_redemptions_are_refused_with_thei
     );
     assert_eq!(bindings(&bench).len(), 1);
 
+    // A coupon for another weekday: granted, but it binds nothing today.
+    let weekday = ((now / 86400) + 3) % 7; // 0 = Monday
+    let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][((weekday + 2) % 7) as usize];
+    let window = format!("{day} 00:00-23:59");
+    let later_day = issue(
+        &bench,
+        "weekly",
+        &["--level", "3", "--dscp", "26", "--window", &window],
+    );
+    let s = send_raw(
+        &bench,
+        &request(&later_day, "198.18.0.5", now),
+        "198.18.0.5",
+    )
+    .unwrap();
+    assert_eq!(s.reason, None, "{s:?}");
+    assert_eq!(
+        bindings(&bench).len(),
+        1,
+        "outside its window: no binding yet"
+    );
+    let w = ctl_json(&bench, &["coupon", "show", "--id", "weekly"]);
+    assert_eq!(w["coupon"]["state"], "outside_window", "{w:#}");
+
     let s = ctl_json(&bench, &["coupon", "stats"]);
     let refused = &s["coupons"]["refused"];
     for (reason, n) in [

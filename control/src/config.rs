@@ -1004,6 +1004,10 @@ device = "net_null1,copy=1"
             ("[mempool]\ndata_room = 100", "mempool.data_room"),
             ("[eal]\nargs = [\"-l\", \"0-1\"]", "eal.args"),
             ("[eal]\nfile_prefix = \"a/b\"", "eal.file_prefix"),
+            ("[coupons]\nredeem_port = 53", "coupons.redeem_port"),
+            ("[coupons]\nmax_skew_secs = 0", "coupons.max_skew_secs"),
+            ("[coupons]\ndns_entries = 1", "coupons.dns_entries"),
+            ("[coupons]\nredeem = 1", "redeem"),
         ];
         for (edit, field) in cases {
             let e = with(edit).unwrap_err().to_string();

@@ -38,7 +38,9 @@
 //! nonces seen within the skew window; it is recorded, bound, and answered
 //! with a status packet from the address it was sent to. Every refusal is
 //! answered with its reason and counted; a packet too broken to answer is
-//! counted as `malformed`.
+//! counted as `malformed`. `max_redemptions` counts distinct subscriber
+//! addresses: redeeming again from an address that holds the coupon is
+//! granted again (the same bindings), not counted twice.
 //!
 //! Redemption through the control socket (`coupon_redeem`, for a web form
 //! or an IVR front end that has authenticated the user itself) names the
