@@ -114,6 +114,12 @@ pub struct Run {
 /// others' is best effort.
 pub const PREMIUM_FLOWS: u32 = 64;
 
+/// The name (config, socket, store) of the full-pipeline runs.
+pub const FULL_PIPELINE: &str = "sluice-full";
+/// The full pipeline's upstream shaper when it must not limit: far above
+/// what one core forwards, so every packet is enqueued and scheduled.
+pub const FULL_PIPELINE_RATE: u64 = 400_000_000_000;
+
 /// Measures tools and keeps the commands it ran.
 pub struct Bench<'a> {
     pub opts: &'a Options,
@@ -264,6 +270,37 @@ impl<'a> Bench<'a> {
         Ok((corpus, empty))
     }
 
+    /// The devices and config tail of the full-pipeline runs (the corpus
+    /// and the populated store are written once).
+    pub fn full_pipeline(&mut self) -> Result<([String; 2], String)> {
+        let (corpus, empty) = self.corpus()?;
+        let mut extra = self.control_toml(FULL_PIPELINE);
+        self.populated_store(FULL_PIPELINE)?;
+        extra.push_str(
+            "\n[scheduler]\nqueue_packets = 512\n[tables]\ncoupons = 2097152\nlogins = 1048576\n",
+        );
+        Ok((pcap_devices(&corpus, &empty), extra))
+    }
+
+    /// The control socket of the run named `name`.
+    pub fn socket_of(&self, name: &str) -> PathBuf {
+        self.opts.work_dir.join(format!("{name}.sock"))
+    }
+
+    /// Writes (and has sluice check) the config of a run; returns its path.
+    pub fn sluice_config(
+        &mut self,
+        name: &str,
+        devices: [String; 2],
+        extra: String,
+        rate: Option<u64>,
+    ) -> Result<PathBuf> {
+        self.rate = rate;
+        let r = self.write_config(name, devices, extra);
+        self.rate = None;
+        r
+    }
+
     /// One run of `tool` at `size` bytes.
     pub fn measure(&mut self, tool: Tool, size: u32) -> Result<Run> {
         let run = match tool {
@@ -290,19 +327,13 @@ impl<'a> Bench<'a> {
                 self.measure_testpmd(mode, pcap_devices(&corpus, &empty))
             }
             Tool::SluicePcapFull | Tool::SluicePcapShaped(_) => {
-                let (corpus, empty) = self.corpus()?;
-                let name = "sluice-full";
-                let mut extra = self.control_toml(name);
-                self.populated_store(name)?;
-                extra.push_str(
-                    "\n[scheduler]\nqueue_packets = 512\n[tables]\ncoupons = 2097152\nlogins = 1048576\n",
-                );
+                let (devices, extra) = self.full_pipeline()?;
                 let rate = match tool {
                     Tool::SluicePcapShaped(r) => r,
-                    _ => 400_000_000_000,
+                    _ => FULL_PIPELINE_RATE,
                 };
                 self.rate = Some(rate);
-                let r = self.measure_sluice(name, pcap_devices(&corpus, &empty), extra);
+                let r = self.measure_sluice(FULL_PIPELINE, devices, extra);
                 self.rate = None;
                 r
             }
@@ -327,6 +358,11 @@ impl<'a> Bench<'a> {
     }
 
     fn measure_sluice(&mut self, name: &str, devices: [String; 2], extra: String) -> Result<Run> {
+        let cfg = self.write_config(name, devices, extra)?;
+        self.run_sluice(&cfg)
+    }
+
+    fn write_config(&mut self, name: &str, devices: [String; 2], extra: String) -> Result<PathBuf> {
         let setup = sluice::Setup {
             main_core: MAIN_LCORE,
             worker_core: WORKER_LCORE,
@@ -368,10 +404,14 @@ impl<'a> Bench<'a> {
             }
             self.checked_configs.push(cfg.clone());
         }
+        Ok(cfg)
+    }
+
+    fn run_sluice(&mut self, cfg: &Path) -> Result<Run> {
         // Live lines come once a second from launch; the window starts one
         // warm-up after the first and must span `window_secs`.
         let duration = 1.0 + self.opts.warmup_secs + self.opts.window_secs + 0.6;
-        let spec = sluice::command(&self.opts.sluice_bin, &cfg, duration);
+        let spec = sluice::command(&self.opts.sluice_bin, cfg, duration);
         let f = process::run(
             &spec,
             Duration::from_secs_f64(duration + 30.0),

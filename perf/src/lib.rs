@@ -21,6 +21,8 @@
 //! - [`corpus`]: TCP/IPv4 frames with real headers, and a pcap writer.
 //! - [`micro`]: the in-process parse + rewrite micro-benchmark.
 //! - [`lookup`]: the in-process flow/policy lookup benchmark at scale.
+//! - [`updates`]: an update storm through the control socket during the
+//!   full pipeline (loss, updates/s, ack → effect).
 #![deny(unsafe_code)]
 
 pub mod bench;
@@ -36,3 +38,4 @@ pub mod sluice;
 pub mod stats;
 pub mod svg;
 pub mod testpmd;
+pub mod updates;

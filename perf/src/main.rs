@@ -240,6 +240,7 @@ fn real_main(args: Args) -> Result<(), Failure> {
             Scenario::Rewrite => bench::rewrite(&mut bench),
             Scenario::Classify => bench::classify(&mut bench),
             Scenario::Sched => bench::sched(&mut bench),
+            Scenario::Updates => sluice_perf::updates::updates(&mut bench),
             _ => unreachable!("only available scenarios are run"),
         };
         match r {

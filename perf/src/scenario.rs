@@ -12,6 +12,7 @@ pub enum Scenario {
     Rewrite,
     Police,
     Sched,
+    Updates,
     Latency,
 }
 
@@ -24,7 +25,7 @@ pub enum Availability {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Forward,
         Scenario::Sizes,
         Scenario::QosSched,
@@ -33,6 +34,7 @@ impl Scenario {
         Scenario::Rewrite,
         Scenario::Police,
         Scenario::Sched,
+        Scenario::Updates,
         Scenario::Latency,
     ];
 
@@ -46,6 +48,7 @@ impl Scenario {
             Scenario::Rewrite => "rewrite",
             Scenario::Police => "police",
             Scenario::Sched => "sched",
+            Scenario::Updates => "updates",
             Scenario::Latency => "latency",
         }
     }
@@ -78,6 +81,9 @@ impl Scenario {
             Scenario::Sched => {
                 "full pipeline (tables, rewrite, meter, scheduler) vs testpmd macswap; delays per level at 2x oversubscription"
             }
+            Scenario::Updates => {
+                "update storm through the control socket during the full pipeline: forwarding loss, updates/s, ack -> effect"
+            }
             Scenario::Latency => "per-packet latency percentiles through the appliance",
         }
     }
@@ -86,9 +92,11 @@ impl Scenario {
         use Availability::*;
         match self {
             Scenario::Forward | Scenario::Sizes | Scenario::QosSched => Available,
-            Scenario::Parse | Scenario::Rewrite | Scenario::Classify | Scenario::Sched => {
-                Available
-            }
+            Scenario::Parse
+            | Scenario::Rewrite
+            | Scenario::Classify
+            | Scenario::Sched
+            | Scenario::Updates => Available,
             Scenario::Police => NeedsFeature("per-binding meters"),
             Scenario::Latency => NeedsFeature(
                 "per-packet timestamps through the worker, or Pktgen-DPDK with latency on (see README)",

@@ -1,0 +1,395 @@
+//! The `updates` scenario: an update storm through the control socket while
+//! the full pipeline forwards.
+//!
+//! One Sluice run on the full-pipeline setup (the `sched` scenario's corpus
+//! and populated store), in four phases of [`PHASE_SECS`]: quiet, storm,
+//! quiet, storm. During a storm a client replaces 10,000 coupon rows per
+//! request (`update` of the 1M `f*` coupons, DSCP flipping), back to back,
+//! over the real control socket (JSON, journal fsync, mirror into the
+//! workers' tables). Measured:
+//! - forwarding rate in each phase from the live counter lines, and the
+//!   loss of the storm phases against the quiet ones;
+//! - binding updates acknowledged per second during the storms, and each
+//!   request's round trip;
+//! - **ack → effect**: all along, a second client moves one corpus
+//!   subscriber's coupon to a level no other traffic uses and polls
+//!   `stats` until that level's packet counter moves; the time from the
+//!   update's acknowledgement to that poll's answer bounds when the first
+//!   packet got the new treatment from above (it includes one `stats`
+//!   round trip, reported beside it), and then moves it back.
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use sluice_control::client::Client;
+
+use crate::bench::{
+    Bench, LoadWatch, CORPUS_FLOWS, FULL_PIPELINE, FULL_PIPELINE_RATE, PREMIUM_FLOWS,
+};
+use crate::process::{self, Verdict};
+use crate::report::{fmt_opt, ScenarioReport, Table};
+use crate::sluice;
+use crate::stats::Sample;
+
+/// Length of each phase.
+pub const PHASE_SECS: f64 = 5.0;
+/// Rows per storm request.
+pub const STORM_BATCH: u32 = 10_000;
+/// The level the effect probe moves its subscriber to (nothing else in
+/// the corpus uses it).
+const PROBE_LEVEL: u64 = 2;
+
+/// What the storm and probe threads saw, in seconds since sluice was
+/// spawned.
+#[derive(Debug, Default, Clone)]
+struct Timeline {
+    /// (start, end, storm?) of each phase.
+    phases: Vec<(f64, f64, bool)>,
+    /// Rows acknowledged and the time spent, per storm phase.
+    storm_rows: Vec<(u64, f64)>,
+    /// Round trip of each storm request, seconds.
+    batch_rtt: Vec<f64>,
+    /// (during a storm?, ack → seen, seconds).
+    effects: Vec<(bool, f64)>,
+    /// Round trip of a `stats` request, seconds.
+    stats_rtt: Vec<f64>,
+    error: Option<String>,
+}
+
+fn connect(socket: &Path, until: Instant) -> Result<Client> {
+    loop {
+        match Client::connect(socket, Some(Duration::from_secs(60))) {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > until => bail!("control socket {}: {e}", socket.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn level_packets(stats: &Value, level: u64) -> Option<u64> {
+    stats
+        .pointer("/dataplane/levels")?
+        .as_array()?
+        .iter()
+        .find(|l| l["level"].as_u64() == Some(level))?["packets"]
+        .as_u64()
+}
+
+/// The probe subscriber's coupon row at `level`.
+fn probe_row(level: &str) -> Value {
+    let i = PREMIUM_FLOWS; // the first best-effort corpus subscriber
+    json!({"op": "update", "table": "coupon", "entries": [{
+        "id": format!("c{i}"),
+        "subscriber": format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+        "decision": {"level": level, "dscp": "level",
+                     "rate": {"committed_bps": 100_000_000_000u64, "peak_bps": 100_000_000_000u64}}
+    }]})
+}
+
+fn storm_request(pass: u32, start: u32) -> Value {
+    let dscp = if pass.is_multiple_of(2) { 34 } else { 46 };
+    let entries: Vec<Value> = (start..start + STORM_BATCH)
+        .map(|i| {
+            json!({"id": format!("f{i}"),
+                   "subscriber": format!("11.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                   "decision": {"level": "premium", "dscp": dscp}})
+        })
+        .collect();
+    json!({"op": "update", "table": "coupon", "entries": entries})
+}
+
+/// Drives the phases; returns when the last one ends.
+fn drive(socket: &Path, t0: Instant, tl: &Mutex<Timeline>, stop: &AtomicBool) -> Result<()> {
+    let mut storm = connect(socket, Instant::now() + Duration::from_secs(120))?;
+    // Served only once the workers run: the appliance is up.
+    storm.call(&json!({"op": "stats"})).context("first stats")?;
+    let since = |t: Instant| t.duration_since(t0).as_secs_f64();
+    let begin = Instant::now() + Duration::from_secs(2);
+    let storming = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    // The effect probe, on its own connection.
+    let probe = {
+        let (socket, storming, done) =
+            (socket.to_owned(), Arc::clone(&storming), Arc::clone(&done));
+        std::thread::spawn(move || -> Result<Vec<(bool, f64, f64)>> {
+            let mut c = connect(&socket, Instant::now() + Duration::from_secs(10))?;
+            let mut out = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let s0 = Instant::now();
+                let before = level_packets(&c.call(&json!({"op": "stats"}))?.value, PROBE_LEVEL)
+                    .context("no per-level counters in stats")?;
+                let rtt = s0.elapsed().as_secs_f64();
+                let during = storming.load(Ordering::Relaxed);
+                c.call(&probe_row("interactive"))?;
+                let acked = Instant::now();
+                let seen = loop {
+                    let v = c.call(&json!({"op": "stats"}))?.value;
+                    if level_packets(&v, PROBE_LEVEL).unwrap_or(0) > before {
+                        break acked.elapsed().as_secs_f64();
+                    }
+                    if acked.elapsed() > Duration::from_secs(5) {
+                        bail!("the probe's level never moved");
+                    }
+                };
+                out.push((during, seen, rtt));
+                c.call(&probe_row("best-effort"))?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(out)
+        })
+    };
+    let mut pass = 0u32;
+    let mut next = 0u32;
+    for (k, storm_phase) in [false, true, false, true].into_iter().enumerate() {
+        let start = begin + Duration::from_secs_f64(PHASE_SECS * k as f64);
+        let end = start + Duration::from_secs_f64(PHASE_SECS);
+        while Instant::now() < start {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        storming.store(storm_phase, Ordering::Relaxed);
+        let (mut rows, t_start) = (0u64, Instant::now());
+        while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+            if !storm_phase {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            let req = storm_request(pass, next);
+            let s = Instant::now();
+            storm.call(&req).context("storm request")?;
+            tl.lock().unwrap().batch_rtt.push(s.elapsed().as_secs_f64());
+            rows += u64::from(STORM_BATCH);
+            next += STORM_BATCH;
+            if next + STORM_BATCH > 1 << 20 {
+                next = 0;
+                pass += 1;
+            }
+        }
+        let mut t = tl.lock().unwrap();
+        t.phases
+            .push((since(start), since(Instant::now()), storm_phase));
+        if storm_phase {
+            t.storm_rows.push((rows, t_start.elapsed().as_secs_f64()));
+        }
+    }
+    storming.store(false, Ordering::Relaxed);
+    done.store(true, Ordering::Relaxed);
+    let probes = probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
+    let mut t = tl.lock().unwrap();
+    for (during, seen, rtt) in probes {
+        t.effects.push((during, seen));
+        t.stats_rtt.push(rtt);
+    }
+    Ok(())
+}
+
+/// Packets per second between the first sample at or after `a` and the
+/// last at or before `b`.
+fn phase_rate(samples: &[Sample], a: f64, b: f64) -> Option<f64> {
+    let first = samples.iter().find(|s| s.t >= a)?;
+    let last = samples.iter().rev().find(|s| s.t <= b)?;
+    (last.t - first.t > 0.5).then(|| (last.packets - first.packets) as f64 / (last.t - first.t))
+}
+
+fn percentile(v: &[f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let i = ((s.len() as f64 * q).ceil() as usize).clamp(1, s.len()) - 1;
+    Some(s[i])
+}
+
+pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
+    let (devices, extra) = bench.full_pipeline()?;
+    let cfg = bench.sluice_config(FULL_PIPELINE, devices, extra, Some(FULL_PIPELINE_RATE))?;
+    let socket = bench.socket_of(FULL_PIPELINE);
+    let load = LoadWatch::start();
+    let duration = 120.0;
+    let spec = sluice::command(&bench.opts.sluice_bin, &cfg, duration);
+    let tl = Arc::new(Mutex::new(Timeline::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let driver = {
+        let (tl, stop, finished) = (Arc::clone(&tl), Arc::clone(&stop), Arc::clone(&finished));
+        std::thread::spawn(move || {
+            if let Err(e) = drive(&socket, t0, &tl, &stop) {
+                tl.lock().unwrap().error = Some(format!("{e:#}"));
+            }
+            finished.store(true, Ordering::Relaxed);
+        })
+    };
+    let f = process::run(
+        &spec,
+        Duration::from_secs_f64(duration + 30.0),
+        Duration::from_secs(10),
+        |_| {
+            if finished.load(Ordering::Relaxed) {
+                Verdict::Stop
+            } else {
+                Verdict::Continue
+            }
+        },
+    )?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = driver.join();
+    bench.commands.push(spec.display());
+    let tl = tl.lock().unwrap().clone();
+    if let Some(e) = &tl.error {
+        bail!(
+            "update storm: {e}\nsluice's output ended with:\n{}",
+            f.tail(12)
+        );
+    }
+    let samples = sluice::samples(f.stdout.iter().map(|l| (l.t, l.text.as_str())));
+    let mut phases = Table::new(["phase", "Mpps", "vs quiet"]);
+    let rates: Vec<(bool, Option<f64>)> = tl
+        .phases
+        .iter()
+        .map(|&(a, b, storm)| (storm, phase_rate(&samples, a, b)))
+        .collect();
+    let mean = |storm: bool| {
+        let v: Vec<f64> = rates
+            .iter()
+            .filter(|r| r.0 == storm)
+            .filter_map(|r| r.1)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let (quiet, stormy) = (mean(false), mean(true));
+    for (i, (storm, r)) in rates.iter().enumerate() {
+        phases.row([
+            format!("{} {}", i + 1, if *storm { "storm" } else { "quiet" }),
+            fmt_opt(r.map(|x| x / 1e6), 2),
+            fmt_opt(r.zip(quiet).map(|(x, q)| x / q), 3),
+        ]);
+    }
+    let loss = quiet.zip(stormy).map(|(q, s)| 1.0 - s / q);
+    let (rows, secs) = tl
+        .storm_rows
+        .iter()
+        .fold((0u64, 0f64), |a, &(r, s)| (a.0 + r, a.1 + s));
+    let per_sec = (secs > 0.0).then(|| rows as f64 / secs);
+    let mut figures = Table::new(["figure", "value", "target"]);
+    figures.row([
+        "forwarding lost during a storm".to_string(),
+        fmt_opt(loss.map(|l| l * 100.0), 2) + " %",
+        "< 2 %".into(),
+    ]);
+    figures.row([
+        format!("binding updates acknowledged per second ({STORM_BATCH}-row requests)"),
+        fmt_opt(per_sec, 0),
+        "≥ 1,000,000".into(),
+    ]);
+    let ms = |v: Option<f64>| fmt_opt(v.map(|x| x * 1e3), 2);
+    figures.row([
+        "storm request round trip p50 / p99, ms".to_string(),
+        format!(
+            "{} / {}",
+            ms(percentile(&tl.batch_rtt, 0.5)),
+            ms(percentile(&tl.batch_rtt, 0.99))
+        ),
+        "—".into(),
+    ]);
+    for (during, what) in [(false, "quiet"), (true, "during a storm")] {
+        let v: Vec<f64> = tl
+            .effects
+            .iter()
+            .filter(|e| e.0 == during)
+            .map(|e| e.1)
+            .collect();
+        figures.row([
+            format!("ack → new treatment seen, {what}: p50 / p99 / n, ms"),
+            format!(
+                "{} / {} / {}",
+                ms(percentile(&v, 0.5)),
+                ms(percentile(&v, 0.99)),
+                v.len()
+            ),
+            "p99 ≤ 1 ms".into(),
+        ]);
+    }
+    figures.row([
+        "one `stats` round trip (part of the above) p50, ms".to_string(),
+        ms(percentile(&tl.stats_rtt, 0.5)),
+        "—".into(),
+    ]);
+    Ok(ScenarioReport {
+        name: "updates".into(),
+        title: format!(
+            "update storm through the control socket during the full pipeline (1M + 1M \
+             bindings, {CORPUS_FLOWS} flows, 64 B, one worker): forwarding loss, updates/s, \
+             ack → effect"
+        ),
+        tables: vec![phases, figures],
+        notes: vec![
+            format!(
+                "Method: one run, phases of {PHASE_SECS} s (quiet, storm, quiet, storm) after \
+                 the appliance answered its first `stats`; Mpps from the live counter lines \
+                 inside each phase. The storm client (sluice-perf, one connection) sends \
+                 `update` requests of {STORM_BATCH} coupon rows back to back; each is parsed, \
+                 validated, journaled with one fsync and mirrored into the workers' tables \
+                 before its answer. The storm and the control thread share the main core; the \
+                 worker has its own. The probe moves corpus subscriber c{PREMIUM_FLOWS} to \
+                 level {PROBE_LEVEL} and polls `stats` until that level's counter moves, then \
+                 moves it back, every ~100 ms."
+            ),
+            format!("Command: {}", spec.display()),
+            load.finish(),
+        ],
+        commands: std::mem::take(&mut bench.commands),
+        files: vec![],
+        inputs: std::mem::take(&mut bench.inputs),
+        data: json!({
+            "phases": tl.phases.iter().zip(&rates).map(|(p, r)| json!({"start": p.0, "end": p.1, "storm": p.2, "pps": r.1})).collect::<Vec<_>>(),
+            "loss": loss,
+            "updates_per_sec": per_sec,
+            "batch_rtt_p50_ms": percentile(&tl.batch_rtt, 0.5).map(|x| x * 1e3),
+            "batch_rtt_p99_ms": percentile(&tl.batch_rtt, 0.99).map(|x| x * 1e3),
+            "effect_ms": tl.effects.iter().map(|e| json!({"storm": e.0, "ms": e.1 * 1e3})).collect::<Vec<_>>(),
+            "stats_rtt_p50_ms": percentile(&tl.stats_rtt, 0.5).map(|x| x * 1e3),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phase_rate_uses_only_samples_inside_it() {
+        let s: Vec<Sample> = (0..10u32)
+            .map(|i| Sample {
+                t: f64::from(i),
+                packets: u64::from(i) * 1000 + if i >= 5 { 500 * u64::from(i - 5) } else { 0 },
+            })
+            .collect();
+        assert_eq!(phase_rate(&s, 0.0, 4.0), Some(1000.0));
+        assert_eq!(phase_rate(&s, 5.0, 9.0), Some(1500.0));
+        assert_eq!(phase_rate(&s, 2.5, 2.9), None);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 0.5), Some(2.0));
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 0.99), Some(3.0));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn storm_requests_are_valid_update_requests() {
+        let req = storm_request(1, 10);
+        let line = req.to_string();
+        match sluice_control::policy::parse_request(&line).unwrap() {
+            sluice_control::policy::Request::Apply { changes, .. } => {
+                assert_eq!(changes.len(), STORM_BATCH as usize)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            sluice_control::policy::parse_request(&probe_row("interactive").to_string()).is_ok()
+        );
+    }
+}
