@@ -192,6 +192,10 @@ pub struct PolicyState {
     seq: u64,
     generations: [u64; 6],
     default: Decision,
+    /// Per table, the bytes of the rows' strings (ids, names), kept as rows
+    /// come and go so that [`PolicyState::tables`] is O(1): `stats` must
+    /// stay cheap with millions of rows.
+    text_bytes: [usize; 6],
 
     coupons: HashMap<String, CouponBinding>,
     /// subscriber -> (dst, port) -> coupon id.
@@ -585,8 +589,20 @@ impl PolicyState {
         }
     }
 
+    /// The bytes [`PolicyState::approx_bytes`] counts for a row's strings.
+    fn text_of(e: &Entry) -> usize {
+        match e {
+            Entry::Coupon(c) => 2 * c.id().len(),
+            Entry::Login(l) => l.login().len() + l.tier().len(),
+            Entry::Tier(t) => 2 * t.name().len(),
+            Entry::Sp(s) => 2 * s.id().len() + s.provider().len(),
+            Entry::Eligibility(_) | Entry::Default(_) => 0,
+        }
+    }
+
     /// Insert with its indexes; the key must be free (checked by callers).
     fn insert_raw(&mut self, e: Entry) {
+        self.text_bytes[e.table().index()] += Self::text_of(&e);
         match e {
             Entry::Coupon(c) => {
                 self.coupon_match
@@ -632,6 +648,12 @@ impl PolicyState {
     /// Remove with its indexes, leaving no empty index node behind (so a
     /// rolled-back state compares equal to the original).
     fn remove_raw(&mut self, k: &Key) -> Option<Entry> {
+        let e = self.remove_rows(k)?;
+        self.text_bytes[e.table().index()] -= Self::text_of(&e);
+        Some(e)
+    }
+
+    fn remove_rows(&mut self, k: &Key) -> Option<Entry> {
         Some(match k {
             Key::Coupon(id) => {
                 let c = self.coupons.remove(id)?;
@@ -980,44 +1002,30 @@ impl PolicyState {
     fn approx_bytes(&self, t: Table) -> usize {
         const STR: usize = size_of::<String>();
         let overhead = |n: usize| n * 3 / 2;
+        let text = self.text_bytes[t.index()];
         match t {
             Table::Coupon => {
-                self.coupons
-                    .values()
-                    .map(|c| {
-                        overhead(STR + size_of::<CouponBinding>())
-                            + 2 * c.id().len()
-                            + overhead(STR + size_of::<CouponMatch>())
-                    })
-                    .sum::<usize>()
+                self.coupons.len()
+                    * (overhead(STR + size_of::<CouponBinding>())
+                        + overhead(STR + size_of::<CouponMatch>()))
+                    + text
                     + self.coupon_match.len() * overhead(size_of::<IpAddr>() + 24)
             }
-            Table::Login => self
-                .logins
-                .values()
-                .map(|l| {
-                    overhead(size_of::<IpAddr>() + size_of::<LoginBinding>())
-                        + l.login().len()
-                        + l.tier().len()
-                })
-                .sum(),
+            Table::Login => {
+                self.logins.len() * overhead(size_of::<IpAddr>() + size_of::<LoginBinding>())
+                    + text
+            }
             Table::Tier => {
-                self.tiers
-                    .values()
-                    .map(|t| overhead(STR + size_of::<Tier>()) + 2 * t.name().len())
-                    .sum::<usize>()
+                self.tiers.len() * overhead(STR + size_of::<Tier>())
+                    + text
                     + self.tier_use.len() * overhead(STR + size_of::<TierUse>())
             }
-            Table::Sp => self
-                .sps
-                .values()
-                .map(|s| {
-                    overhead(STR + size_of::<SpAllocation>())
-                        + 2 * s.id().len()
-                        + s.provider().len()
-                        + overhead(size_of::<SpMatch>() + size_of::<Option<Port>>() + STR + 24)
-                })
-                .sum(),
+            Table::Sp => {
+                self.sps.len()
+                    * (overhead(STR + size_of::<SpAllocation>())
+                        + overhead(size_of::<SpMatch>() + size_of::<Option<Port>>() + STR + 24))
+                    + text
+            }
             Table::Eligibility => {
                 self.eligibility.len()
                     * overhead(2 * size_of::<EligibilityRule>() + size_of::<Prefix>() + 24)
