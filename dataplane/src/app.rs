@@ -240,6 +240,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
             counters: Arc::clone(&c),
             stop: Arc::clone(&stop),
             pipeline,
+            ns_per_tsc: 1e9 / hz as f64,
         };
         if let Err(e) = dpdk::launch(lcore, move || worker.run()) {
             launch_error = Some(e);
@@ -305,13 +306,15 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunReport, AppError> {
     drop(ports);
     // What the rings still hold goes back to the pool before it is counted.
     rings.clear();
+    let workers: Vec<_> = counters
+        .iter()
+        .map(|(l, c)| c.snapshot(*l, &rule_names))
+        .collect();
     let report = RunReport {
         elapsed_secs,
         ports: port_reports,
-        workers: counters
-            .iter()
-            .map(|(l, c)| c.snapshot(*l, &rule_names))
-            .collect(),
+        latency: RunReport::latency_of(&workers),
+        workers,
         pool_size: pool.size(),
         pool_in_use: pool.in_use(),
     };

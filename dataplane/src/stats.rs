@@ -58,6 +58,76 @@ pub struct LaneCounters {
     /// Frames the control thread sent out of this lane's port (redemption
     /// answers): sent, but never received.
     pub injected: AtomicU64,
+    /// Per packet, rx to tx ([`latency_bucket`]).
+    pub latency: LatencyHistogram,
+}
+
+/// Latency buckets: four per power of two of nanoseconds above 64 ns
+/// (within 19 % of any value), up to about 19 hours: the sojourn buckets'
+/// scheme, 16 times finer.
+pub struct LatencyHistogram(pub [AtomicU64; SOJOURN_BUCKETS]);
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+/// The latency bucket of `ns`.
+#[inline]
+pub fn latency_bucket(ns: u64) -> usize {
+    sojourn_bucket(ns.saturating_mul(16))
+}
+
+/// The smallest latency, in ns, that falls into `bucket`.
+pub fn latency_bucket_floor(bucket: usize) -> u64 {
+    sojourn_bucket_floor(bucket) / 16
+}
+
+/// Percentiles (ns) of bucket counts, through an HDR histogram: each
+/// bucket's packets are recorded at its upper bound (the next bucket's
+/// floor), so a percentile is never understated.
+fn bucket_percentiles(buckets: &[u64], floor: fn(usize) -> u64, qs: &[f64]) -> Vec<u64> {
+    let Ok(mut h) = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1 << 46, 2) else {
+        return vec![0; qs.len()];
+    };
+    for (b, &n) in buckets.iter().enumerate() {
+        if n > 0 {
+            let _ = h.record_n(floor(b + 1).max(1), n);
+        }
+    }
+    if h.is_empty() {
+        return vec![0; qs.len()];
+    }
+    qs.iter().map(|&q| h.value_at_quantile(q)).collect()
+}
+
+/// One direction's rx-to-tx latency over a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LatencySummary {
+    pub direction: Direction,
+    pub packets: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
+impl LatencySummary {
+    /// From the merged buckets of one direction.
+    pub fn of(direction: Direction, buckets: &[u64]) -> LatencySummary {
+        let q = bucket_percentiles(buckets, latency_bucket_floor, &[0.5, 0.9, 0.99, 0.999, 1.0]);
+        LatencySummary {
+            direction,
+            packets: buckets.iter().sum(),
+            p50_ns: q[0],
+            p90_ns: q[1],
+            p99_ns: q[2],
+            p999_ns: q[3],
+            max_ns: q[4],
+        }
+    }
 }
 
 /// A single-writer add: the owning worker is the only writer, so a plain
@@ -106,6 +176,19 @@ impl LaneCounters {
     #[inline]
     pub fn add_injected(&self, n: u64) {
         bump(&self.injected, n);
+    }
+
+    /// `n` packets sent `ns` after they were received.
+    #[inline]
+    pub fn add_latency(&self, ns: u64, n: u64) {
+        if let Some(c) = self.latency.0.get(latency_bucket(ns)) {
+            bump(c, n);
+        }
+    }
+
+    /// The latency buckets, read.
+    pub fn latency_buckets(&self) -> Vec<u64> {
+        self.latency.0.iter().map(|c| c.load(Relaxed)).collect()
     }
 
     pub fn snapshot(&self, direction: Direction) -> LaneSnapshot {
@@ -432,9 +515,19 @@ pub struct SchedLevelSnapshot {
     pub dropped_aqm: u64,
     pub depth: u64,
     pub depth_bytes: u64,
-    /// Packets per sojourn bucket ([`sojourn_bucket`]).
-    #[serde(skip)]
+    /// Packets per sojourn bucket ([`sojourn_bucket`]); in JSON as
+    /// `sojourn_hist`: `[upper_ns, packets]` of each non-empty bucket.
+    #[serde(rename = "sojourn_hist", serialize_with = "sojourn_pairs")]
     pub sojourn: Vec<u64>,
+}
+
+fn sojourn_pairs<S: serde::Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(None)?;
+    for (b, &n) in v.iter().enumerate().filter(|x| *x.1 > 0) {
+        seq.serialize_element(&[sojourn_bucket_floor(b + 1), n])?;
+    }
+    seq.end()
 }
 
 impl SchedLevelSnapshot {
@@ -482,18 +575,7 @@ impl SchedLevelSnapshot {
     /// each bucket's packets are recorded at its upper bound (the next
     /// bucket's floor), so a percentile is never understated.
     pub fn sojourn_percentiles(&self, qs: &[f64]) -> Vec<u64> {
-        let Ok(mut h) = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1 << 42, 2) else {
-            return vec![0; qs.len()];
-        };
-        for (b, &n) in self.sojourn.iter().enumerate() {
-            if n > 0 {
-                let _ = h.record_n(sojourn_bucket_floor(b + 1).max(1), n);
-            }
-        }
-        if h.is_empty() {
-            return vec![0; qs.len()];
-        }
-        qs.iter().map(|&q| h.value_at_quantile(q)).collect()
+        bucket_percentiles(&self.sojourn, sojourn_bucket_floor, qs)
     }
 }
 
@@ -559,6 +641,9 @@ impl WorkerCounters {
             lanes: Direction::ALL.map(|d| self.lane(d).snapshot(d)).to_vec(),
             path: self.path.snapshot(rule_names),
             scheds: Direction::ALL.map(|d| self.sched(d).snapshot()).to_vec(),
+            latency: Direction::ALL
+                .map(|d| self.lane(d).latency_buckets())
+                .to_vec(),
         }
     }
 }
@@ -652,6 +737,10 @@ pub struct WorkerSnapshot {
     pub path: PathSnapshot,
     /// Per direction (as `lanes`): its egress scheduler, if shaped.
     pub scheds: Vec<Option<SchedSnapshot>>,
+    /// Per direction (as `lanes`): rx-to-tx latency buckets
+    /// ([`latency_bucket`]); summarised in [`RunReport::latency`].
+    #[serde(skip)]
+    pub latency: Vec<Vec<u64>>,
 }
 
 /// One port's final report.
@@ -694,9 +783,29 @@ pub struct RunReport {
     pub workers: Vec<WorkerSnapshot>,
     pub pool_size: u32,
     pub pool_in_use: u32,
+    /// Per direction that sent anything: rx-to-tx latency over all
+    /// workers (see [`RunReport::latency_of`]).
+    pub latency: Vec<LatencySummary>,
 }
 
 impl RunReport {
+    /// The latency summaries of `workers`' directions that sent anything.
+    pub fn latency_of(workers: &[WorkerSnapshot]) -> Vec<LatencySummary> {
+        Direction::ALL
+            .iter()
+            .filter_map(|&d| {
+                let mut total = vec![0u64; SOJOURN_BUCKETS];
+                for w in workers {
+                    for (a, b) in total.iter_mut().zip(w.latency.get(d.index())?) {
+                        *a += b;
+                    }
+                }
+                let s = LatencySummary::of(d, &total);
+                (s.packets > 0).then_some(s)
+            })
+            .collect()
+    }
+
     /// Per-direction totals over all workers.
     pub fn totals(&self) -> [LaneSnapshot; 2] {
         let mut t = Direction::ALL.map(|direction| LaneSnapshot {
@@ -819,6 +928,19 @@ impl fmt::Display for RunReport {
                 )?;
             }
         }
+        for l in &self.latency {
+            writeln!(
+                f,
+                "latency rx->tx {:<10} p50 {:.1} us  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1} ({} packets)",
+                format!("{:?}", l.direction).to_lowercase(),
+                l.p50_ns as f64 / 1e3,
+                l.p90_ns as f64 / 1e3,
+                l.p99_ns as f64 / 1e3,
+                l.p999_ns as f64 / 1e3,
+                l.max_ns as f64 / 1e3,
+                l.packets
+            )?;
+        }
         let t = self.totals();
         let (punted, injected) = (t[0].punted + t[1].punted, t[0].injected + t[1].injected);
         let (copies, punt_drops) = (
@@ -925,17 +1047,43 @@ mod tests {
         let c = WorkerCounters::new(0);
         c.lane(Direction::Upstream).add_rx(10, 640);
         c.lane(Direction::Upstream).add_tx(9, 576, 0);
+        c.lane(Direction::Upstream).add_latency(3_000, 9);
+        let workers = vec![c.snapshot(1, &[])];
         let r = RunReport {
             elapsed_secs: 1.0,
             ports: vec![],
-            workers: vec![c.snapshot(1, &[])],
+            latency: RunReport::latency_of(&workers),
+            workers,
             pool_size: 100,
             pool_in_use: 3,
         };
+        assert_eq!(r.latency.len(), 1, "only the direction that sent");
+        let l = &r.latency[0];
+        assert_eq!(l.packets, 9);
+        // Reported at the bucket's upper bound: within 19 % above.
+        assert!((3_000..=3_600).contains(&l.p50_ns), "{l:?}");
+        assert_eq!(l.p50_ns, l.max_ns);
         assert!(!r.conserved());
         assert!(!r.pool_full());
         let text = r.to_string();
         assert!(text.contains("NO: packets unaccounted"), "{text}");
         assert!(text.contains("LEAK: 3 of 100"), "{text}");
+    }
+
+    #[test]
+    fn latency_buckets_are_ordered_and_tight() {
+        let mut last = 0;
+        for ns in [1u64, 63, 64, 100, 1_000, 10_000, 1_000_000, 5_000_000_000] {
+            let b = latency_bucket(ns);
+            assert!(b >= last, "{ns}");
+            last = b;
+            assert!(latency_bucket_floor(b) <= ns, "{ns}");
+            if ns >= 64 {
+                assert!(
+                    latency_bucket_floor(b + 1) as f64 <= ns as f64 * 1.25 + 1.0,
+                    "{ns}"
+                );
+            }
+        }
     }
 }

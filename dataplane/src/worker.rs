@@ -468,6 +468,8 @@ pub struct Worker {
     pub counters: Arc<WorkerCounters>,
     pub stop: Arc<AtomicBool>,
     pub pipeline: Option<Pipeline>,
+    /// Converts the TSC to nanoseconds (rx-to-tx latency).
+    pub ns_per_tsc: f64,
 }
 
 impl Worker {
@@ -504,6 +506,8 @@ impl Worker {
         let mut total = 0;
         for lane in &mut self.lanes {
             let n = lane.rx.rx(burst, self.burst);
+            // Each received packet's latency runs from here to its tx.
+            let rx_tsc = if n > 0 { dpdk::rdtsc() } else { 0 };
             let scheduled = lane.sched.is_some();
             let counters = self.counters.lane(lane.direction);
             let mut bytes = 0;
@@ -529,7 +533,7 @@ impl Worker {
                             path.level(level, n as u64, bytes);
                         }
                         Mode::Flows => {
-                            let now = dpdk::rdtsc();
+                            let now = rx_tsc;
                             pipe.process_burst(
                                 burst.as_mut_slice(),
                                 lane.direction,
@@ -618,6 +622,11 @@ impl Worker {
                             bytes - out.dropped_bytes,
                             out.dropped as u64,
                         );
+                        if n > 0 {
+                            let ns = (dpdk::rdtsc().wrapping_sub(rx_tsc) as f64 * self.ns_per_tsc)
+                                as u64;
+                            counters.add_latency(ns, (out.sent as u64).saturating_sub(injected));
+                        }
                     }
                 }
                 Some(ls) => {
@@ -625,6 +634,8 @@ impl Worker {
                         continue;
                     }
                     let now = (dpdk::rdtsc() as f64 * ls.ns_per_tsc) as u64;
+                    // Stamped with their rx time: the sojourn is rx to dequeue.
+                    let rx_ns = (rx_tsc as f64 * ls.ns_per_tsc) as u64;
                     let mut refused = 0u64;
                     burst.drain(|i, m| {
                         let (level, hash) = match meta.get(i) {
@@ -637,7 +648,7 @@ impl Worker {
                             Some(&m) if !ls.fifo => m,
                             _ => (BEST_EFFORT, 0),
                         };
-                        if ls.sched.enqueue(m, level, hash, now).is_err() {
+                        if ls.sched.enqueue(m, level, hash, rx_ns).is_err() {
                             // Handed back by a full level: freed here.
                             refused += 1;
                         }
@@ -659,6 +670,7 @@ impl Worker {
                         self.burst,
                         |m, level, ns| {
                             sojourn.record(level, ns);
+                            counters.add_latency(ns, 1);
                             // At most `burst` packets: the burst has room.
                             let _ = out.push(m);
                         },
