@@ -22,7 +22,9 @@
 //! what differs from the policy as one batch per subscriber. It runs
 //! after every redemption and revocation, for every coupon at start-up
 //! (repairing a crash between ledger and policy), every second for the
-//! coupons whose rows change with time (windows, hostnames), and after
+//! coupons whose rows change with time (windows, hostnames; kept in a set,
+//! so the sweep costs nothing for the others) or whose last reconcile
+//! failed, and after
 //! each DNS answer that teaches an address for a subscriber's hostname
 //! scope. A subscriber holds at most
 //! [`crate::policy::MAX_COUPONS_PER_SUBSCRIBER`] rows; restrictions beyond
@@ -143,6 +145,19 @@ pub struct Coupons {
     nonces: HashMap<String, u64>,
     max_skew: u64,
     counters: CouponCounters,
+    /// Redeemed, unrevoked coupons whose rows change with time (windows,
+    /// hostname scopes): what the once-a-second sweep reconciles, so that
+    /// it costs nothing for the others however many there are.
+    timed: std::collections::BTreeSet<String>,
+}
+
+/// Whether a coupon's rows change with time.
+fn is_timed(r: &CouponRecord) -> bool {
+    r.revoked_at.is_none()
+        && !r.redemptions.is_empty()
+        && r.claims
+            .as_ref()
+            .is_some_and(|c| !c.windows.is_empty() || !c.scope.hosts.is_empty())
 }
 
 /// A redemption's outcome, as the status answer tells it.
@@ -197,14 +212,21 @@ impl Coupons {
             dir: keys_dir.display().to_string(),
             source,
         })?;
+        let ledger = Ledger::open(state_dir)?;
+        let timed = ledger
+            .coupons()
+            .filter(|r| is_timed(r))
+            .map(|r| r.id.clone())
+            .collect();
         Ok(Coupons {
             ring,
             keys_dir: keys_dir.to_owned(),
-            ledger: Ledger::open(state_dir)?,
+            ledger,
             dns: DnsCache::new(cfg.dns_entries),
             nonces: HashMap::new(),
             max_skew: cfg.max_skew_secs,
             counters: CouponCounters::default(),
+            timed,
         })
     }
 
@@ -218,6 +240,16 @@ impl Coupons {
             nonces: HashMap::new(),
             max_skew,
             counters: CouponCounters::default(),
+            timed: Default::default(),
+        }
+    }
+
+    /// Keeps [`Coupons::timed`] in step with coupon `id`'s record.
+    fn retime(&mut self, id: &str) {
+        if self.ledger.get(id).is_some_and(is_timed) {
+            self.timed.insert(id.to_owned());
+        } else {
+            self.timed.remove(id);
         }
     }
 
@@ -346,11 +378,13 @@ impl Coupons {
                     format!("the appliance cannot record redemptions now: {e}"),
                 );
             }
+            self.retime(&id);
         }
         let rows = match self.reconcile_one(&id, Some(subscriber), now, b) {
             Ok(n) => n,
             Err(e) => {
-                // Recorded: the next sweep binds it.
+                // Recorded: the sweeps retry it.
+                self.timed.insert(id.clone());
                 log::warn!("coupon {id}: binding {subscriber} failed (retried): {e}");
                 0
             }
@@ -534,18 +568,15 @@ impl Coupons {
     pub fn sweep(&mut self, now: u64, b: &mut dyn Binder) {
         self.nonces.retain(|_, until| *until >= now);
         self.dns.expire(now);
-        let ids: Vec<String> = self
-            .ledger
-            .coupons()
-            .filter(|c| c.revoked_at.is_none() && !c.redemptions.is_empty())
-            .filter(|c| {
-                c.claims.as_ref().is_some_and(|cl| {
-                    now < cl.expires.saturating_add(2)
-                        && (!cl.windows.is_empty() || !cl.scope.hosts.is_empty())
-                })
-            })
-            .map(|c| c.id.clone())
-            .collect();
+        // Past their expiry (and its last reconcile) they change no more.
+        let ledger = &self.ledger;
+        self.timed.retain(|id| {
+            ledger
+                .get(id)
+                .and_then(|r| r.claims.as_ref())
+                .is_some_and(|c| now < c.expires.saturating_add(2))
+        });
+        let ids: Vec<String> = self.timed.iter().cloned().collect();
         for id in ids {
             if let Err(e) = self.reconcile_one(&id, None, now, b) {
                 log::warn!("coupon {id}: {e}");
@@ -680,10 +711,13 @@ impl Coupons {
                     return error("", format!("cannot record the revocation: {e}"));
                 }
                 self.counters.revoked += 1;
+                self.retime(&id);
                 let removed = self.bound_rows(&id, b.state());
                 let res = self.reconcile_one(&id, None, now, b);
                 let mut v = json!({"ok": true, "id": id, "bindings_removed": removed});
                 if let Err(e) = res {
+                    // The sweeps retry it.
+                    self.timed.insert(id.clone());
                     v["warning"] = json!(format!("bindings are removed at the next sweep: {e}"));
                 }
                 v
