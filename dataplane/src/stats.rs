@@ -58,7 +58,8 @@ pub struct LaneCounters {
     /// Frames the control thread sent out of this lane's port (redemption
     /// answers): sent, but never received.
     pub injected: AtomicU64,
-    /// Per packet, rx to tx ([`latency_bucket`]).
+    /// Per packet, rx to tx ([`latency_bucket`]), on an unshaped egress
+    /// (a shaped one counts it in its sojourn histograms).
     pub latency: LatencyHistogram,
 }
 
@@ -84,16 +85,25 @@ pub fn latency_bucket_floor(bucket: usize) -> u64 {
     sojourn_bucket_floor(bucket) / 16
 }
 
+/// The first latency, in ns, above `bucket` (the next used bucket's floor).
+pub fn latency_upper_ns(bucket: usize) -> u64 {
+    let floor = latency_bucket_floor(bucket);
+    (bucket + 1..SOJOURN_BUCKETS)
+        .map(latency_bucket_floor)
+        .find(|&f| f > floor)
+        .unwrap_or(u64::MAX >> 8)
+}
+
 /// Percentiles (ns) of bucket counts, through an HDR histogram: each
 /// bucket's packets are recorded at its upper bound (the next bucket's
 /// floor), so a percentile is never understated.
-fn bucket_percentiles(buckets: &[u64], floor: fn(usize) -> u64, qs: &[f64]) -> Vec<u64> {
+fn bucket_percentiles(buckets: &[u64], upper: fn(usize) -> u64, qs: &[f64]) -> Vec<u64> {
     let Ok(mut h) = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1 << 46, 2) else {
         return vec![0; qs.len()];
     };
     for (b, &n) in buckets.iter().enumerate() {
         if n > 0 {
-            let _ = h.record_n(floor(b + 1).max(1), n);
+            let _ = h.record_n(upper(b).max(1), n);
         }
     }
     if h.is_empty() {
@@ -117,7 +127,7 @@ pub struct LatencySummary {
 impl LatencySummary {
     /// From the merged buckets of one direction.
     pub fn of(direction: Direction, buckets: &[u64]) -> LatencySummary {
-        let q = bucket_percentiles(buckets, latency_bucket_floor, &[0.5, 0.9, 0.99, 0.999, 1.0]);
+        let q = bucket_percentiles(buckets, latency_upper_ns, &[0.5, 0.9, 0.99, 0.999, 1.0]);
         LatencySummary {
             direction,
             packets: buckets.iter().sum(),
@@ -420,6 +430,16 @@ pub fn sojourn_bucket_floor(bucket: usize) -> u64 {
     ((4 + sub) << octave >> 2) << 10
 }
 
+/// The largest sojourn, in ns, that falls into `bucket` (below 4 µs some
+/// buckets are never used, so this is the next used bucket's floor − 1).
+pub fn sojourn_upper_ns(bucket: usize) -> u64 {
+    let floor = sojourn_bucket_floor(bucket);
+    (bucket + 1..SOJOURN_BUCKETS)
+        .map(sojourn_bucket_floor)
+        .find(|&f| f > floor)
+        .map_or(u64::MAX >> 4, |f| f - 1)
+}
+
 /// One egress scheduler's counters, published by its worker: the
 /// scheduler's own per-level counters (copied each pass) and sojourn-time
 /// histograms (bumped per packet sent).
@@ -525,7 +545,7 @@ fn sojourn_pairs<S: serde::Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Erro
     use serde::ser::SerializeSeq;
     let mut seq = s.serialize_seq(None)?;
     for (b, &n) in v.iter().enumerate().filter(|x| *x.1 > 0) {
-        seq.serialize_element(&[sojourn_bucket_floor(b + 1), n])?;
+        seq.serialize_element(&[sojourn_upper_ns(b).saturating_add(1), n])?;
     }
     seq.end()
 }
@@ -575,7 +595,7 @@ impl SchedLevelSnapshot {
     /// each bucket's packets are recorded at its upper bound (the next
     /// bucket's floor), so a percentile is never understated.
     pub fn sojourn_percentiles(&self, qs: &[f64]) -> Vec<u64> {
-        bucket_percentiles(&self.sojourn, sojourn_bucket_floor, qs)
+        bucket_percentiles(&self.sojourn, |b| sojourn_upper_ns(b).saturating_add(1), qs)
     }
 }
 
@@ -642,7 +662,24 @@ impl WorkerCounters {
             path: self.path.snapshot(rule_names),
             scheds: Direction::ALL.map(|d| self.sched(d).snapshot()).to_vec(),
             latency: Direction::ALL
-                .map(|d| self.lane(d).latency_buckets())
+                .map(|d| {
+                    let mut b = self.lane(d).latency_buckets();
+                    // A shaped egress counts its packets' latency in the
+                    // per-level sojourn histograms (rx to dequeue): the same
+                    // buckets, four octaves (16x) coarser.
+                    if let Some(s) = self.sched(d).snapshot() {
+                        for l in &s.levels {
+                            for (i, &n) in l.sojourn.iter().enumerate() {
+                                // At the bucket's upper end: never understated.
+                                let at = latency_bucket(sojourn_upper_ns(i));
+                                if let Some(x) = b.get_mut(at) {
+                                    *x += n;
+                                }
+                            }
+                        }
+                    }
+                    b
+                })
                 .to_vec(),
         }
     }
@@ -1068,6 +1105,31 @@ mod tests {
         let text = r.to_string();
         assert!(text.contains("NO: packets unaccounted"), "{text}");
         assert!(text.contains("LEAK: 3 of 100"), "{text}");
+    }
+
+    #[test]
+    fn a_shaped_egress_reports_its_sojourns_as_latency() {
+        let c = WorkerCounters::new(0);
+        let s = c.sched(Direction::Upstream);
+        s.publish(|_| Default::default());
+        for ns in [3_000u64, 40_000, 40_000, 2_000_000] {
+            s.record(5, ns);
+        }
+        let w = vec![c.snapshot(1, &[])];
+        let l = &RunReport::latency_of(&w)[0];
+        assert_eq!(l.packets, 4);
+        assert!((40_000..=48_000).contains(&l.p50_ns), "{l:?}");
+        assert!((2_000_000..=2_400_000).contains(&l.max_ns), "{l:?}");
+        for ns in [1u64, 500, 1_500, 3_000, 70_000, 9_000_000] {
+            let b = sojourn_bucket(ns);
+            assert_eq!(sojourn_bucket(sojourn_upper_ns(b)), b, "{ns}");
+            assert!(sojourn_upper_ns(b) >= ns, "{ns}");
+            assert_ne!(
+                sojourn_bucket(sojourn_upper_ns(b) + 1),
+                b,
+                "{ns}: the upper end"
+            );
+        }
     }
 
     #[test]

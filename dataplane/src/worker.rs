@@ -670,7 +670,6 @@ impl Worker {
                         self.burst,
                         |m, level, ns| {
                             sojourn.record(level, ns);
-                            counters.add_latency(ns, 1);
                             // At most `burst` packets: the burst has room.
                             let _ = out.push(m);
                         },
