@@ -13,6 +13,7 @@ use crate::process::{self, CommandSpec, Line, Verdict};
 use crate::qos_sched;
 use crate::report::{fmt_opt, ScenarioReport, Table};
 use crate::sluice;
+use crate::sluice_report::{self, DirectionLatency, FinalReport};
 use crate::stats::{self, Sample, Summary};
 use crate::svg;
 use crate::testpmd::{self, FwdMode};
@@ -33,10 +34,9 @@ pub struct Options {
     pub sluice_bin: PathBuf,
     pub testpmd_bin: String,
     pub qos_sched_src: PathBuf,
-    /// Where the `sizes` plot is written, and its name as seen from
-    /// RESULTS.md.
-    pub svg_path: PathBuf,
-    pub svg_link: String,
+    /// Where the plots (`sizes.svg`, `congestion.svg`) are written: the
+    /// directory of RESULTS.md, which links them by name.
+    pub plot_dir: PathBuf,
     /// Scratch space for configs and the qos_sched build.
     pub work_dir: PathBuf,
 }
@@ -62,10 +62,14 @@ pub enum Tool {
     SluicePcapDscp,
     /// testpmd on the net_pcap TCP corpus.
     TestpmdPcap(FwdMode),
-    /// Sluice's full pipeline on the corpus: populated policy tables (1M
-    /// coupons + 1M logins besides a coupon per corpus subscriber, with a
-    /// DSCP rewrite and a meter), the upstream shaped far above what one
-    /// core forwards, so every packet is enqueued and scheduled.
+    /// testpmd on the full-pipeline corpus's devices.
+    TestpmdPipeline(FwdMode),
+    /// Sluice's full pipeline on the pipeline corpus
+    /// ([`crate::corpus::PIPELINE_MIX`]): populated policy tables (1M
+    /// coupons + 1M logins, a coupon per corpus subscriber with a DSCP
+    /// rewrite and a meter, an SP allocation with a port remap and an MSS
+    /// clamp), the upstream shaped far above what one core forwards, so
+    /// every packet is enqueued and scheduled.
     SluicePcapFull,
     /// The same, the upstream shaped to this many bits/s.
     SluicePcapShaped(u64),
@@ -78,15 +82,18 @@ impl Tool {
             Tool::Testpmd(m) => format!("testpmd {}", m.name()),
             Tool::SluicePcapBridge => "sluice bridge".into(),
             Tool::SluicePcapDscp => "sluice + DSCP rule".into(),
-            Tool::TestpmdPcap(m) => format!("testpmd {}", m.name()),
+            Tool::TestpmdPcap(m) | Tool::TestpmdPipeline(m) => format!("testpmd {}", m.name()),
             Tool::SluicePcapFull => "sluice full pipeline".into(),
             Tool::SluicePcapShaped(r) => format!("sluice shaped {:.2} Gbit/s", r as f64 / 1e9),
         }
     }
 }
 
-/// Flows in the `rewrite` corpus.
-pub const CORPUS_FLOWS: u32 = 1024;
+/// Flows in the `rewrite` corpus (and the `parse` frames).
+pub const REWRITE_FLOWS: u32 = 1024;
+
+/// Flows in the full-pipeline corpus (`pipeline`, `congestion`, `updates`).
+pub const CORPUS_FLOWS: u32 = crate::corpus::PIPELINE_MIX.total();
 
 /// The net_pcap devices replaying the TCP corpus on the subscriber port
 /// (forever) into an upstream port with nothing to send. Both tx sides
@@ -106,16 +113,21 @@ fn pcap_devices(corpus: &Path, empty: &Path) -> [String; 2] {
 pub struct Run {
     pub rate: stats::WindowRate,
     pub command: String,
-    /// Sluice's per-level egress summary lines (`egress ...`), if any.
-    pub egress: Vec<String>,
+    /// Sluice's `--stats-json` report (latency, queueing delay); `None`
+    /// for the peers, or when Sluice left none (a warning says why).
+    pub report: Option<FinalReport>,
 }
 
-/// Corpus subscribers (of [`CORPUS_FLOWS`]) whose coupon is premium; the
-/// others' is best effort.
-pub const PREMIUM_FLOWS: u32 = 64;
+/// Coupon subscribers of the full-pipeline corpus whose coupon is premium
+/// (the first ones); the others' is best effort.
+pub const PREMIUM_FLOWS: u32 = crate::corpus::PIPELINE_MIX.coupon_premium;
 
 /// The name (config, socket, store) of the full-pipeline runs.
 pub const FULL_PIPELINE: &str = "sluice-full";
+/// Marks a populated store as complete; renamed whenever what
+/// [`Bench::full_pipeline`] puts in the store changes, so that an older
+/// store is rebuilt.
+pub const POPULATED_MARKER: &str = ".populated-v2-coupon-login-sp";
 /// The full pipeline's upstream shaper when it must not limit: far above
 /// what one core forwards, so every packet is enqueued and scheduled.
 pub const FULL_PIPELINE_RATE: u64 = 400_000_000_000;
@@ -131,6 +143,9 @@ pub struct Bench<'a> {
     checked_configs: Vec<PathBuf>,
     /// The upstream rate of the next Sluice run.
     rate: Option<u64>,
+    /// The full pipeline's median Mpps, once `pipeline` (or `congestion`)
+    /// has measured it: `congestion` shapes the upstream to half of it.
+    pub full_pipeline_mpps: Option<f64>,
 }
 
 fn null_devices(size: u32) -> [String; 2] {
@@ -150,6 +165,7 @@ impl<'a> Bench<'a> {
             runs: 0,
             checked_configs: Vec::new(),
             rate: None,
+            full_pipeline_mpps: None,
         }
     }
 
@@ -159,7 +175,7 @@ impl<'a> Bench<'a> {
     }
 
     /// The `[control]` section for a Sluice config in the scratch dir.
-    fn control_toml(&self, name: &str) -> String {
+    pub fn control_toml(&self, name: &str) -> String {
         let d = &self.opts.work_dir;
         format!(
             "\n[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
@@ -168,101 +184,107 @@ impl<'a> Bench<'a> {
         )
     }
 
-    /// The policy store of the full-pipeline runs (written once): 1M
-    /// coupons and 1M logins on other subscribers (the tables' scale), and
-    /// a coupon per corpus subscriber, premium for the first
-    /// [`PREMIUM_FLOWS`], best effort for the rest, each with a DSCP and a
-    /// rate (a meter) no flow reaches.
+    /// The policy store of the full-pipeline runs (written once per work
+    /// dir; the marker's name changes with its contents): 1M coupons and 1M
+    /// logins (the tables' scale; the corpus's login flows come from among
+    /// these logins), a coupon per corpus coupon subscriber, and the SP
+    /// allocation of the corpus's SP flows. See [`crate::corpus::policy_rows`].
     fn populated_store(&mut self, name: &str) -> Result<()> {
+        use crate::corpus::{bulk_coupon, bulk_login, policy_rows, PIPELINE_MIX, POPULATED_LOGINS};
         use sluice_control::policy::{parse_request, Policy, Request, StoreOptions};
         let dir = self.opts.work_dir.join(format!("{name}-state"));
-        let done = dir.join(".populated");
+        let done = dir.join(POPULATED_MARKER);
+        let describe = |dir: &Path| {
+            (
+                format!("Policy store {}", dir.display()),
+                crate::corpus::describe_policy(&PIPELINE_MIX),
+            )
+        };
         if done.exists() {
+            if !self.inputs.iter().any(|i| i.0.starts_with("Policy store")) {
+                self.inputs.push(describe(&dir));
+            }
             return Ok(());
         }
         let _ = std::fs::remove_dir_all(&dir);
         let (mut policy, _) = Policy::open(&dir, StoreOptions::default())
             .with_context(|| format!("opening the policy store {}", dir.display()))?;
-        let mut commit = |entries: Vec<String>, table: &str| -> Result<()> {
+        let mut commit = |table: &str, entries: Vec<String>| -> Result<()> {
             let line = format!(
                 r#"{{"op":"add","table":"{table}","entries":[{}]}}"#,
                 entries.join(",")
             );
             let Ok(Request::Apply { changes, .. }) = parse_request(&line) else {
-                bail!("bad generated request");
+                bail!("bad generated request for table {table}");
             };
             policy
                 .commit(&changes)
                 .map_err(|e| anyhow::anyhow!("populating the store: {e}"))?;
             Ok(())
         };
-        commit(
-            vec![r#"{"name":"gold","decision":{"level":"standard","dscp":"level"}}"#.into()],
-            "tier",
-        )?;
-        let mut batch = Vec::with_capacity(10_000);
-        for i in 0..(1u32 << 20) {
-            batch.push(format!(
-                r#"{{"id":"f{i}","subscriber":"11.{}.{}.{}","decision":{{"level":"premium","dscp":46}}}}"#,
-                i >> 16,
-                (i >> 8) & 255,
-                i & 255
-            ));
-            if batch.len() == 10_000 {
-                commit(std::mem::take(&mut batch), "coupon")?;
-            }
+        // The tier first: logins need it.
+        let rows = policy_rows(&PIPELINE_MIX);
+        for (table, entries) in rows.iter().filter(|r| r.0 == "tier") {
+            commit(table, entries.clone())?;
         }
-        commit(std::mem::take(&mut batch), "coupon")?;
-        for i in 0..(1u32 << 20) {
-            batch.push(format!(
-                r#"{{"subscriber":"12.{}.{}.{}","login":"u{i}","tier":"gold"}}"#,
-                i >> 16,
-                (i >> 8) & 255,
-                i & 255
-            ));
-            if batch.len() == 10_000 {
-                commit(std::mem::take(&mut batch), "login")?;
+        for (table, row) in [
+            ("coupon", bulk_coupon as fn(u32) -> String),
+            ("login", bulk_login),
+        ] {
+            let mut batch = Vec::with_capacity(10_000);
+            for i in 0..POPULATED_LOGINS {
+                batch.push(row(i));
+                if batch.len() == 10_000 {
+                    commit(table, std::mem::take(&mut batch))?;
+                }
             }
+            commit(table, batch)?;
         }
-        commit(std::mem::take(&mut batch), "login")?;
-        let corpus: Vec<String> = (0..CORPUS_FLOWS)
-            .map(|i| {
-                let level = if i < PREMIUM_FLOWS { "premium" } else { "best-effort" };
-                format!(
-                    r#"{{"id":"c{i}","subscriber":"10.{}.{}.{}","decision":{{"level":"{level}","dscp":"level","rate":{{"committed_bps":100000000000,"peak_bps":100000000000}}}}}}"#,
-                    i >> 16,
-                    (i >> 8) & 255,
-                    i & 255
-                )
-            })
-            .collect();
-        commit(corpus, "coupon")?;
+        for (table, entries) in rows.iter().filter(|r| r.0 != "tier") {
+            commit(table, entries.clone())?;
+        }
         std::fs::write(&done, "")?;
-        self.inputs.push((
-            format!("Policy store {}", dir.display()),
-            format!(
-                "1048576 coupons (11.0.0.0/12, premium, DSCP 46), 1048576 logins (12.0.0.0/12, \
-                 tier gold), and a coupon per corpus subscriber (10.0.0.0/22; the first \
-                 {PREMIUM_FLOWS} premium, the rest best effort; DSCP of the level; a 100 Gbit/s \
-                 meter)"
-            ),
-        ));
+        self.inputs.push(describe(&dir));
         Ok(())
+    }
+
+    /// The full-pipeline corpus (written once).
+    fn pipeline_corpus(&mut self) -> Result<(PathBuf, PathBuf)> {
+        let mix = crate::corpus::PIPELINE_MIX;
+        let corpus = self.opts.work_dir.join("pipeline-corpus.pcap");
+        let empty = self.empty_pcap()?;
+        if !corpus.exists() {
+            crate::corpus::write_pcap(&corpus, &mix.frames())
+                .with_context(|| format!("writing {}", corpus.display()))?;
+            self.inputs.push((
+                format!("Corpus {}", corpus.display()),
+                crate::corpus::describe_mix(&mix),
+            ));
+        }
+        Ok((corpus, empty))
+    }
+
+    /// An empty pcap: the upstream port has nothing to send.
+    fn empty_pcap(&mut self) -> Result<PathBuf> {
+        let empty = self.opts.work_dir.join("empty.pcap");
+        if !empty.exists() {
+            crate::corpus::write_pcap(&empty, &[])
+                .with_context(|| format!("writing {}", empty.display()))?;
+        }
+        Ok(empty)
     }
 
     /// The TCP corpus for the `rewrite` scenario (written once).
     fn corpus(&mut self) -> Result<(PathBuf, PathBuf)> {
         let corpus = self.opts.work_dir.join("tcp-corpus.pcap");
-        let empty = self.opts.work_dir.join("empty.pcap");
+        let empty = self.empty_pcap()?;
         if !corpus.exists() {
-            crate::corpus::write_pcap(&corpus, &crate::corpus::tcp_flows(CORPUS_FLOWS))
+            crate::corpus::write_pcap(&corpus, &crate::corpus::tcp_flows(REWRITE_FLOWS))
                 .with_context(|| format!("writing {}", corpus.display()))?;
-            crate::corpus::write_pcap(&empty, &[])
-                .with_context(|| format!("writing {}", empty.display()))?;
             self.inputs.push((
                 format!("Corpus {}", corpus.display()),
                 format!(
-                    "{CORPUS_FLOWS} TCP/IPv4 flows, one 64-byte frame each (ACK, 6 bytes of payload, \
+                    "{REWRITE_FLOWS} TCP/IPv4 flows, one 64-byte frame each (ACK, 6 bytes of payload, \
                      valid checksums), 10.x.y.z:10000+ -> 198.18.0.2:80, replayed with infinite_rx=1"
                 ),
             ));
@@ -273,7 +295,7 @@ impl<'a> Bench<'a> {
     /// The devices and config tail of the full-pipeline runs (the corpus
     /// and the populated store are written once).
     pub fn full_pipeline(&mut self) -> Result<([String; 2], String)> {
-        let (corpus, empty) = self.corpus()?;
+        let (corpus, empty) = self.pipeline_corpus()?;
         let mut extra = self.control_toml(FULL_PIPELINE);
         self.populated_store(FULL_PIPELINE)?;
         extra.push_str(
@@ -324,6 +346,10 @@ impl<'a> Bench<'a> {
             }
             Tool::TestpmdPcap(mode) => {
                 let (corpus, empty) = self.corpus()?;
+                self.measure_testpmd(mode, pcap_devices(&corpus, &empty))
+            }
+            Tool::TestpmdPipeline(mode) => {
+                let (corpus, empty) = self.pipeline_corpus()?;
                 self.measure_testpmd(mode, pcap_devices(&corpus, &empty))
             }
             Tool::SluicePcapFull | Tool::SluicePcapShaped(_) => {
@@ -412,6 +438,10 @@ impl<'a> Bench<'a> {
         // warm-up after the first and must span `window_secs`.
         let duration = 1.0 + self.opts.warmup_secs + self.opts.window_secs + 0.6;
         let spec = sluice::command(&self.opts.sluice_bin, cfg, duration);
+        // A report left by an earlier run of the same config must not pass
+        // for this one's.
+        let report_path = sluice::report_path(cfg);
+        let _ = std::fs::remove_file(&report_path);
         let f = process::run(
             &spec,
             Duration::from_secs_f64(duration + 30.0),
@@ -428,15 +458,17 @@ impl<'a> Bench<'a> {
         }
         let samples = sluice::samples(f.stdout.iter().map(|l| (l.t, l.text.as_str())));
         let rate = self.window(&samples, "sluice", &f)?;
+        let report = match sluice_report::read(&report_path) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("  warning: no latency figures from this run: {e}");
+                None
+            }
+        };
         Ok(Run {
             rate,
             command: spec.display(),
-            egress: f
-                .stdout
-                .iter()
-                .filter(|l| l.text.starts_with("egress "))
-                .map(|l| l.text.clone())
-                .collect(),
+            report,
         })
     }
 
@@ -504,16 +536,40 @@ impl<'a> Bench<'a> {
         Ok(Run {
             rate,
             command: spec.display(),
-            egress: Vec::new(),
+            report: None,
         })
     }
 }
 
 /// Per-tool Mpps of every round, in measurement order.
-type Rounds = HashMap<(Tool, u32), Vec<f64>>;
+pub type Rounds = HashMap<(Tool, u32), Vec<f64>>;
 
-fn run_rounds(bench: &mut Bench, plan: &[(Tool, u32)]) -> Result<Rounds> {
-    let mut out: Rounds = HashMap::new();
+/// Sluice's rx → tx latency per direction, of every round that reported it.
+pub type LatencyRounds = HashMap<(Tool, u32), Vec<Vec<DirectionLatency>>>;
+
+/// What interleaved rounds measured.
+#[derive(Debug, Default)]
+pub struct Measured {
+    pub mpps: Rounds,
+    pub latency: LatencyRounds,
+    /// The last report of each Sluice tool.
+    pub last_report: HashMap<(Tool, u32), FinalReport>,
+}
+
+/// A tool's rx → tx latency over its rounds: the median round of the worse
+/// direction's p50 and of its p99, ns ([`sluice_report::worst_latency`]).
+pub fn latency_figure(rounds: Option<&Vec<Vec<DirectionLatency>>>) -> Option<(f64, f64)> {
+    let worst: Vec<(u64, u64)> = rounds?
+        .iter()
+        .filter_map(|dirs| sluice_report::worst_latency(dirs))
+        .collect();
+    let p50: Vec<f64> = worst.iter().map(|w| w.0 as f64).collect();
+    let p99: Vec<f64> = worst.iter().map(|w| w.1 as f64).collect();
+    Some((stats::median(&p50)?, stats::median(&p99)?))
+}
+
+pub fn run_rounds(bench: &mut Bench, plan: &[(Tool, u32)]) -> Result<Measured> {
+    let mut out = Measured::default();
     let rounds = bench.opts.rounds;
     for round in 1..=rounds {
         for &(tool, size) in plan {
@@ -521,12 +577,31 @@ fn run_rounds(bench: &mut Bench, plan: &[(Tool, u32)]) -> Result<Rounds> {
                 .measure(tool, size)
                 .with_context(|| format!("{} at {size} B, round {round}", tool.label()))?;
             let mpps = stats::mpps(run.rate.pps);
+            let lat = run
+                .report
+                .as_ref()
+                .and_then(|r| r.latency.as_deref())
+                .and_then(sluice_report::worst_latency)
+                .map(|(p50, p99)| {
+                    format!(
+                        "  rx→tx p50 {:.2} µs p99 {:.2} µs",
+                        p50 as f64 / 1e3,
+                        p99 as f64 / 1e3
+                    )
+                })
+                .unwrap_or_default();
             eprintln!(
-                "  round {round}/{rounds}  {:<16} {size:>5} B  {mpps:7.2} Mpps  ({:.1} s window)",
+                "  round {round}/{rounds}  {:<16} {size:>5} B  {mpps:7.2} Mpps  ({:.1} s window){lat}",
                 tool.label(),
                 run.rate.secs
             );
-            out.entry((tool, size)).or_default().push(mpps);
+            out.mpps.entry((tool, size)).or_default().push(mpps);
+            if let Some(r) = run.report {
+                if let Some(l) = &r.latency {
+                    out.latency.entry((tool, size)).or_default().push(l.clone());
+                }
+                out.last_report.insert((tool, size), r);
+            }
         }
     }
     Ok(out)
@@ -632,7 +707,7 @@ pub fn load_note(before: &str, after: &str, other: Option<OtherLoad>) -> (String
     (note, busy)
 }
 
-fn method_note(opts: &Options) -> String {
+pub fn method_note(opts: &Options) -> String {
     format!(
         "Method: each tool forwards between two net_null ports (copy=1) on worker lcore {WORKER_LCORE} \
          (main lcore {MAIN_LCORE}), no hugepages, {MBUFS} mbufs, cache {MBUF_CACHE}, burst {BURST}. \
@@ -645,7 +720,7 @@ fn method_note(opts: &Options) -> String {
     )
 }
 
-fn rounds_note(rounds: &Rounds, order: &[(Tool, u32)]) -> String {
+pub fn rounds_note(rounds: &Rounds, order: &[(Tool, u32)]) -> String {
     let parts: Vec<String> = order
         .iter()
         .filter_map(|k| {
@@ -674,10 +749,11 @@ pub fn forward(bench: &mut Bench) -> Result<ScenarioReport> {
     ];
     let plan: Vec<(Tool, u32)> = tools.iter().map(|&t| (t, size)).collect();
     let load = LoadWatch::start();
-    let rounds = run_rounds(bench, &plan)?;
+    let measured = run_rounds(bench, &plan)?;
+    let rounds = &measured.mpps;
     let sluice_mpps = Summary::of(&rounds[&(Tool::Sluice, size)]).map(|s| s.median);
     let (table, data) = rate_table(
-        &rounds,
+        &measured,
         &tools,
         size,
         bench.machine.tsc_hz,
@@ -690,7 +766,8 @@ pub fn forward(bench: &mut Bench) -> Result<ScenarioReport> {
         tables: vec![table],
         notes: vec![
             method_note(bench.opts),
-            rounds_note(&rounds, &plan),
+            LATENCY_NOTE.into(),
+            rounds_note(rounds, &plan),
             load.finish(),
         ],
         commands: std::mem::take(&mut bench.commands),
@@ -700,10 +777,18 @@ pub fn forward(bench: &mut Bench) -> Result<ScenarioReport> {
     })
 }
 
+/// How the latency columns are measured, for every table that has them.
+pub const LATENCY_NOTE: &str = "rx→tx p50/p99: Sluice's own per-packet latency from its \
+     `--stats-json` report: the TSC read after the rx burst and again after the tx burst (on a \
+     shaped egress, at dequeue), in log buckets (4 per power of two, so within 19 %), each \
+     percentile at its bucket's upper bound; over the whole run, start-up included; the worse \
+     direction; median of the rounds. A peer's latency cannot be taken that way (\"—\").";
+
 /// One row per tool at `size`: median Mpps, min–max, ns and cycles per
-/// packet, and `ratio` of the tool's median (header and JSON key given).
-fn rate_table(
-    rounds: &Rounds,
+/// packet, `ratio` of the tool's median (header and JSON key given), and
+/// Sluice's rx → tx latency (p50, p99).
+pub fn rate_table(
+    measured: &Measured,
     tools: &[Tool],
     size: u32,
     tsc: f64,
@@ -717,14 +802,19 @@ fn rate_table(
         "ns/pkt",
         "cycles/pkt",
         ratio_header,
+        "rx→tx p50 µs",
+        "p99 µs",
     ]);
     let mut data = Vec::new();
     for &t in tools {
-        let Some(s) = rounds.get(&(t, size)).and_then(|r| Summary::of(r)) else {
+        let Some(s) = measured.mpps.get(&(t, size)).and_then(|r| Summary::of(r)) else {
             continue;
         };
         let pps = s.median * 1e6;
         let r = ratio(s.median);
+        let rounds_lat = measured.latency.get(&(t, size));
+        let lat = latency_figure(rounds_lat);
+        let us = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |x| format!("{:.2}", x / 1e3));
         table.row([
             t.label(),
             format!("{:.2}", s.median),
@@ -732,10 +822,14 @@ fn rate_table(
             format!("{:.1}", stats::ns_per_packet(pps)),
             format!("{:.0}", stats::cycles_per_packet(pps, tsc)),
             fmt_opt(r, 2),
+            us(lat.map(|l| l.0)),
+            us(lat.map(|l| l.1)),
         ]);
         let mut row = json!({
             "tool": t.label(), "size": size, "mpps": s, "ns_per_packet": stats::ns_per_packet(pps),
             "cycles_per_packet": stats::cycles_per_packet(pps, tsc),
+            "latency_p50_ns": lat.map(|l| l.0), "latency_p99_ns": lat.map(|l| l.1),
+            "latency_rounds": rounds_lat,
         });
         row[ratio_key] = json!(r);
         data.push(row);
@@ -755,10 +849,11 @@ pub fn rewrite(bench: &mut Bench) -> Result<ScenarioReport> {
     ];
     let plan: Vec<(Tool, u32)> = tools.iter().map(|&t| (t, size)).collect();
     let load = LoadWatch::start();
-    let rounds = run_rounds(bench, &plan)?;
+    let measured = run_rounds(bench, &plan)?;
+    let rounds = &measured.mpps;
     let bridge = Summary::of(&rounds[&(Tool::SluicePcapBridge, size)]).map(|s| s.median);
     let (table, data) = rate_table(
-        &rounds,
+        &measured,
         &tools,
         size,
         bench.machine.tsc_hz,
@@ -768,7 +863,7 @@ pub fn rewrite(bench: &mut Bench) -> Result<ScenarioReport> {
     Ok(ScenarioReport {
         name: "rewrite".into(),
         title: format!(
-            "DSCP rule on every packet vs the bare bridge: 64 B TCP/IPv4, {CORPUS_FLOWS} flows, \
+            "DSCP rule on every packet vs the bare bridge: 64 B TCP/IPv4, {REWRITE_FLOWS} flows, \
              net_pcap infinite_rx, one direction, one worker core"
         ),
         tables: vec![table],
@@ -782,7 +877,8 @@ pub fn rewrite(bench: &mut Bench) -> Result<ScenarioReport> {
                 "two net_null ports (copy=1)",
                 "the two net_pcap ports of the title (corpus in, /dev/null out)",
             ),
-            rounds_note(&rounds, &plan),
+            LATENCY_NOTE.into(),
+            rounds_note(rounds, &plan),
             load.finish(),
         ],
         commands: std::mem::take(&mut bench.commands),
@@ -795,7 +891,7 @@ pub fn rewrite(bench: &mut Bench) -> Result<ScenarioReport> {
 /// The `parse` scenario: the in-process micro-benchmark.
 pub fn parse(bench: &mut Bench) -> Result<ScenarioReport> {
     let load = LoadWatch::start();
-    let flows = CORPUS_FLOWS;
+    let flows = REWRITE_FLOWS;
     let bursts = 2_000_000;
     let results = crate::micro::run(flows, bursts);
     let floor = results.first().map(|r| r.p50_ns);
@@ -829,100 +925,6 @@ pub fn parse(bench: &mut Bench) -> Result<ScenarioReport> {
         files: vec![],
         inputs: vec![],
         data: json!(results),
-    })
-}
-
-/// p50 and p99 queueing delay (ms) of `level` from Sluice's egress summary
-/// lines (`egress upstream: <level> <sent> <Mbit/s> <full> <aqm> <p50> <p99>`).
-fn egress_delay(lines: &[String], level: u8) -> Option<(f64, f64, f64)> {
-    lines.iter().find_map(|l| {
-        let rest = l.strip_prefix("egress upstream:")?;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.first()? != &level.to_string() {
-            return None;
-        }
-        Some((
-            f.get(2)?.parse().ok()?,
-            f.get(5)?.parse().ok()?,
-            f.get(6)?.parse().ok()?,
-        ))
-    })
-}
-
-/// The `sched` scenario: the full pipeline against testpmd macswap, then
-/// the same at 2x oversubscription of a shaped upstream.
-pub fn sched(bench: &mut Bench) -> Result<ScenarioReport> {
-    let size = 64;
-    let tools = [Tool::TestpmdPcap(FwdMode::Macswap), Tool::SluicePcapFull];
-    let plan: Vec<(Tool, u32)> = tools.iter().map(|&t| (t, size)).collect();
-    let load = LoadWatch::start();
-    let rounds = run_rounds(bench, &plan)?;
-    let peer = Summary::of(&rounds[&(Tool::TestpmdPcap(FwdMode::Macswap), size)]).map(|s| s.median);
-    let (table, data) = rate_table(
-        &rounds,
-        &tools,
-        size,
-        bench.machine.tsc_hz,
-        ("÷ testpmd macswap", "ratio_to_macswap"),
-        |m| peer.and_then(|p| stats::ratio(m, p)),
-    );
-    // 2x oversubscription: shape the upstream to half the wire rate the
-    // full pipeline reached (64 B frames + 24 B of framing).
-    let full = Summary::of(&rounds[&(Tool::SluicePcapFull, size)])
-        .map(|s| s.median)
-        .context("no full-pipeline rate")?;
-    let rate = (full * 1e6 * f64::from(size + 24) * 8.0 / 2.0) as u64;
-    let run = bench.measure(Tool::SluicePcapShaped(rate), size)?;
-    let mut delays = Table::new([
-        "level",
-        "traffic",
-        "Mbit/s sent",
-        "p50 queueing delay ms",
-        "p99 ms",
-    ]);
-    let mut lat = Vec::new();
-    for (level, what) in [
-        (
-            3u8,
-            format!("premium: {PREMIUM_FLOWS} of {CORPUS_FLOWS} flows"),
-        ),
-        (5, "best effort: the rest".to_string()),
-    ] {
-        let d = egress_delay(&run.egress, level);
-        delays.row([
-            level.to_string(),
-            what,
-            fmt_opt(d.map(|x| x.0), 1),
-            fmt_opt(d.map(|x| x.1), 3),
-            fmt_opt(d.map(|x| x.2), 3),
-        ]);
-        lat.push(json!({"level": level, "mbit": d.map(|x| x.0), "p50_ms": d.map(|x| x.1), "p99_ms": d.map(|x| x.2)}));
-    }
-    Ok(ScenarioReport {
-        name: "sched".into(),
-        title: format!(
-            "full pipeline (parse, classify with 1M + 1M bindings, DSCP rewrite, meter, enqueue, \
-             schedule, tx), 64 B TCP/IPv4, {CORPUS_FLOWS} flows, net_pcap infinite_rx, one \
-             worker core; then the upstream shaped to half that (2x oversubscribed)"
-        ),
-        tables: vec![table, delays],
-        notes: vec![
-            "Targets: full pipeline ÷ testpmd macswap ≥ 0.6; at 2x oversubscription premium \
-             p99 queueing delay ≤ 100 µs, best effort bounded by CoDel's 5 ms target. The \
-             corpus is net_pcap rather than net_null (whose zero bytes do not parse); the peer \
-             runs on the same devices. The first table's shaper is set far above the core's \
-             rate, so every packet is enqueued and dequeued without waiting. Delays are \
-             Sluice's own sojourn histograms (enqueue to dequeue, TSC), each reported at its \
-             bucket's upper bound (buckets are 19 % wide)."
-                .into(),
-            format!("Shaped run: {}", run.command),
-            rounds_note(&rounds, &plan),
-            load.finish(),
-        ],
-        commands: std::mem::take(&mut bench.commands),
-        files: vec![],
-        inputs: std::mem::take(&mut bench.inputs),
-        data: json!({"rates": data, "oversubscribed": {"rate_bps": rate, "levels": lat}}),
     })
 }
 
@@ -1002,7 +1004,8 @@ pub fn sizes(bench: &mut Bench) -> Result<ScenarioReport> {
         .flat_map(|&s| tools.iter().map(move |&t| (t, s)))
         .collect();
     let load = LoadWatch::start();
-    let rounds = run_rounds(bench, &plan)?;
+    let measured = run_rounds(bench, &plan)?;
+    let rounds = &measured.mpps;
     let med = |t: Tool, s: u32| rounds.get(&(t, s)).and_then(|v| stats::median(v));
 
     let mut headers = vec!["frame B".to_owned()];
@@ -1107,8 +1110,8 @@ pub fn sizes(bench: &mut Bench) -> Result<ScenarioReport> {
             bench.machine.revision()
         ),
     );
-    std::fs::write(&opts.svg_path, plot)
-        .with_context(|| format!("writing {}", opts.svg_path.display()))?;
+    let svg_path = opts.plot_dir.join(SIZES_SVG);
+    std::fs::write(&svg_path, plot).with_context(|| format!("writing {}", svg_path.display()))?;
 
     Ok(ScenarioReport {
         name: "sizes".into(),
@@ -1120,15 +1123,18 @@ pub fn sizes(bench: &mut Bench) -> Result<ScenarioReport> {
              inter-frame gap, as a wire would carry it (the frame size is taken to include the FCS). \
              net_null has no wire: the 10 GbE column only gives scale."
                 .into(),
-            rounds_note(&rounds, &plan),
+            rounds_note(rounds, &plan),
             load.finish(),
         ],
         commands: std::mem::take(&mut bench.commands),
-        files: vec![opts.svg_link.clone()],
+        files: vec![SIZES_SVG.into()],
         inputs: std::mem::take(&mut bench.inputs),
         data: json!(data),
     })
 }
+
+/// The `sizes` plot, in [`Options::plot_dir`].
+pub const SIZES_SVG: &str = "sizes.svg";
 
 /// A qos_sched report that carries no numbers, only why.
 fn qos_not_run(bench: &mut Bench, why: String) -> ScenarioReport {
@@ -1286,8 +1292,8 @@ pub fn qos_sched(bench: &mut Bench) -> Result<ScenarioReport> {
              ({rate} B/s) so the scheduler itself is the limit."
         ),
         "One direction (port 0 → port 1), RX on one core and worker+TX on the other: not \
-         comparable 1:1 with the bridge rows. No Sluice ratio: Sluice has no scheduler yet \
-         (`sched` scenario)."
+         comparable 1:1 with the bridge rows. No Sluice ratio: the workloads differ (Sluice's \
+         scheduler is measured by `pipeline` and `congestion`)."
             .into(),
     ];
     notes.push(load.finish());

@@ -153,11 +153,12 @@ fn real_main(args: Args) -> Result<(), Failure> {
             Availability::NeedsFeature(f) => {
                 println!("{}: not yet available: needs {f}", s.name());
             }
+            Availability::NotHere(why) => println!("{}: not run: {why}", s.name()),
         }
     }
     if runnable.is_empty() {
         return Err(Failure::Usage(
-            "nothing to run: the requested scenarios are not available yet".into(),
+            "nothing to run: the requested scenarios cannot run (yet, or here)".into(),
         ));
     }
     let positive = |x: f64| x.is_finite() && x > 0.0;
@@ -168,22 +169,37 @@ fn real_main(args: Args) -> Result<(), Failure> {
         ));
     }
     let size_peers = parse_peers(&args.size_peers).map_err(Failure::Usage)?;
-    let needs_forwarders = runnable
-        .iter()
-        .any(|s| matches!(s, Scenario::Forward | Scenario::Sizes));
+    let needs_sluice = runnable.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::Forward
+                | Scenario::Sizes
+                | Scenario::Rewrite
+                | Scenario::Pipeline
+                | Scenario::Congestion
+                | Scenario::Updates
+                | Scenario::Pktgen
+        )
+    });
+    let needs_testpmd = runnable.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::Forward | Scenario::Sizes | Scenario::Rewrite | Scenario::Pipeline
+        )
+    });
     let sluice_bin = sluice::locate(args.sluice.as_deref());
-    let sluice_bin = match (needs_forwarders, sluice_bin) {
+    let sluice_bin = match (needs_sluice, sluice_bin) {
         (true, Err(e)) => return Err(Failure::Usage(e)),
         (_, Ok(p)) => p,
         (false, Err(_)) => PathBuf::from("sluice"),
     };
-    if needs_forwarders && !on_path(&args.testpmd) {
+    if needs_testpmd && !on_path(&args.testpmd) {
         return Err(Failure::Usage(format!(
             "{} not found (Debian package dpdk); pass --testpmd PATH",
             args.testpmd
         )));
     }
-    if needs_forwarders && !on_path("stdbuf") {
+    if needs_testpmd && !on_path("stdbuf") {
         return Err(Failure::Usage(
             "stdbuf (coreutils) is needed to time testpmd's output line by line".into(),
         ));
@@ -207,8 +223,7 @@ fn real_main(args: Args) -> Result<(), Failure> {
         sluice_bin,
         testpmd_bin: args.testpmd.clone(),
         qos_sched_src: args.qos_sched_src.clone(),
-        svg_path: results_dir.join("sizes.svg"),
-        svg_link: "sizes.svg".into(),
+        plot_dir: results_dir,
         work_dir: work_dir.clone(),
     };
 
@@ -216,7 +231,7 @@ fn real_main(args: Args) -> Result<(), Failure> {
     let machine = Machine::probe(&bench::repo_root());
     println!("machine: {}", machine.summary());
     let mut extra = Vec::new();
-    if needs_forwarders {
+    if needs_sluice {
         let line = binary_line(&opts.sluice_bin);
         println!("sluice:  {line}");
         extra.push(format!("sluice binary: {line}"));
@@ -239,8 +254,10 @@ fn real_main(args: Args) -> Result<(), Failure> {
             Scenario::Parse => bench::parse(&mut bench),
             Scenario::Rewrite => bench::rewrite(&mut bench),
             Scenario::Classify => bench::classify(&mut bench),
-            Scenario::Sched => bench::sched(&mut bench),
+            Scenario::Pipeline => sluice_perf::pipeline::pipeline(&mut bench),
+            Scenario::Congestion => sluice_perf::pipeline::congestion(&mut bench),
             Scenario::Updates => sluice_perf::updates::updates(&mut bench),
+            Scenario::Pktgen => sluice_perf::pktgen::pktgen(&mut bench),
             _ => unreachable!("only available scenarios are run"),
         };
         match r {
@@ -257,12 +274,17 @@ fn real_main(args: Args) -> Result<(), Failure> {
     }
     if explicit_all {
         for s in Scenario::ALL {
-            if let Availability::NeedsFeature(f) = s.availability() {
+            let why = match s.availability() {
+                Availability::Available => continue,
+                Availability::NeedsFeature(f) => format!("not yet available: needs {f}"),
+                Availability::NotHere(why) => format!("not run: {why}"),
+            };
+            {
                 reports.push(ScenarioReport {
                     name: s.name().into(),
                     title: s.about().into(),
                     tables: vec![],
-                    notes: vec![format!("not yet available: needs {f}")],
+                    notes: vec![why],
                     commands: vec![],
                     files: vec![],
                     inputs: vec![],

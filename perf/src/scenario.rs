@@ -1,5 +1,7 @@
 //! The scenario registry: every benchmark the runner knows, including the
-//! ones that wait for a feature of the appliance and must not be faked.
+//! ones that wait for a feature of the appliance or a tool this machine
+//! lacks, which must not be faked.
+use crate::process::on_path;
 
 /// A named benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -11,9 +13,10 @@ pub enum Scenario {
     Classify,
     Rewrite,
     Police,
-    Sched,
+    Pipeline,
+    Congestion,
     Updates,
-    Latency,
+    Pktgen,
 }
 
 /// Whether a scenario can run with the appliance as it is.
@@ -22,10 +25,15 @@ pub enum Availability {
     Available,
     /// Not yet: names the feature it needs.
     NeedsFeature(&'static str),
+    /// Not on this machine: says what is missing and where to read more.
+    NotHere(&'static str),
 }
 
+/// Why the `pktgen` scenario does not run where Pktgen is not installed.
+pub const PKTGEN_MISSING: &str = "pktgen not on PATH; see perf/README.md";
+
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Forward,
         Scenario::Sizes,
         Scenario::QosSched,
@@ -33,10 +41,15 @@ impl Scenario {
         Scenario::Classify,
         Scenario::Rewrite,
         Scenario::Police,
-        Scenario::Sched,
+        Scenario::Pipeline,
+        Scenario::Congestion,
         Scenario::Updates,
-        Scenario::Latency,
+        Scenario::Pktgen,
     ];
+
+    /// Old names that still select a scenario: `sched` was the full
+    /// pipeline and the congestion run in one.
+    pub const ALIASES: [(&'static str, Scenario); 1] = [("sched", Scenario::Pipeline)];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,14 +60,18 @@ impl Scenario {
             Scenario::Classify => "classify",
             Scenario::Rewrite => "rewrite",
             Scenario::Police => "police",
-            Scenario::Sched => "sched",
+            Scenario::Pipeline => "pipeline",
+            Scenario::Congestion => "congestion",
             Scenario::Updates => "updates",
-            Scenario::Latency => "latency",
+            Scenario::Pktgen => "pktgen",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Scenario> {
-        Scenario::ALL.into_iter().find(|s| s.name() == name)
+        Scenario::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .or_else(|| Scenario::ALIASES.iter().find(|a| a.0 == name).map(|a| a.1))
     }
 
     pub fn about(self) -> &'static str {
@@ -78,13 +95,18 @@ impl Scenario {
                 "DSCP rule on every packet vs the bare bridge, net_pcap TCP corpus; testpmd io as reference"
             }
             Scenario::Police => "per-binding metering and policing",
-            Scenario::Sched => {
-                "full pipeline (tables, rewrite, meter, scheduler) vs testpmd macswap; delays per level at 2x oversubscription"
+            Scenario::Pipeline => {
+                "full pipeline (1M+1M bindings, coupon/login/SP/default traffic, rewrites, meter, scheduler) vs testpmd macswap; rx->tx latency (alias: sched)"
+            }
+            Scenario::Congestion => {
+                "full pipeline, upstream shaped to half its rate (2x oversubscribed): queueing delay p50/p99/p99.9 and Mbit/s per level; writes congestion.svg"
             }
             Scenario::Updates => {
                 "update storm through the control socket during the full pipeline: forwarding loss, updates/s, ack -> effect"
             }
-            Scenario::Latency => "per-packet latency percentiles through the appliance",
+            Scenario::Pktgen => {
+                "Sluice on memif driven by Pktgen-DPDK (64 B line rate command file), if pktgen is installed"
+            }
         }
     }
 
@@ -95,12 +117,11 @@ impl Scenario {
             Scenario::Parse
             | Scenario::Rewrite
             | Scenario::Classify
-            | Scenario::Sched
+            | Scenario::Pipeline
+            | Scenario::Congestion
             | Scenario::Updates => Available,
             Scenario::Police => NeedsFeature("per-binding meters"),
-            Scenario::Latency => NeedsFeature(
-                "per-packet timestamps through the worker, or Pktgen-DPDK with latency on (see README)",
-            ),
+            Scenario::Pktgen => pktgen_availability(on_path("pktgen")),
         }
     }
 
@@ -113,7 +134,19 @@ impl Scenario {
                 self.name(),
                 self.about()
             ),
+            Availability::NotHere(why) => {
+                format!("  {:<10} {} [not run: {why}]", self.name(), self.about())
+            }
         }
+    }
+}
+
+/// The `pktgen` scenario runs only where Pktgen-DPDK is installed.
+pub fn pktgen_availability(found: bool) -> Availability {
+    if found {
+        Availability::Available
+    } else {
+        Availability::NotHere(PKTGEN_MISSING)
     }
 }
 
@@ -173,6 +206,18 @@ mod tests {
         assert!(!Scenario::Parse.help_line().contains("not yet available"));
         let line = Scenario::Police.help_line();
         assert!(line.contains("not yet available: needs"), "{line}");
-        assert!(Scenario::Latency.help_line().contains("not yet available"));
+        assert_eq!(
+            pktgen_availability(false),
+            Availability::NotHere("pktgen not on PATH; see perf/README.md")
+        );
+        assert_eq!(pktgen_availability(true), Availability::Available);
+    }
+
+    #[test]
+    fn the_old_sched_name_runs_the_pipeline() {
+        assert_eq!(Scenario::from_name("sched"), Some(Scenario::Pipeline));
+        let v = resolve(&["sched".into(), "pipeline".into()]).unwrap();
+        assert_eq!(v, [Scenario::Pipeline]);
+        assert_eq!(Scenario::from_name("latency"), None);
     }
 }

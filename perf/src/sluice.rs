@@ -1,5 +1,6 @@
-//! The appliance under test: finding its binary, writing its config, and
-//! parsing its live counter lines.
+//! The appliance under test: finding its binary, writing its config, its
+//! command line, and parsing its live counter lines (its final JSON report
+//! is read by [`crate::sluice_report`]).
 //!
 //! `sluice --stats-interval 1` prints, once a second,
 //! `[    2.0s]  upstream  44545056 pkts  23156.6 kpps  11856.16 Mbit/s  downstream ...  txq-full drops 0`
@@ -111,7 +112,15 @@ snoop_dns = {punt}
     )
 }
 
-/// `sluice -c CONFIG --duration SECS --stats-interval 1`
+/// Where a run of `config` writes its final report: next to the config,
+/// `<name>.report.json` for `<name>.toml`.
+pub fn report_path(config: &Path) -> PathBuf {
+    config.with_extension("report.json")
+}
+
+/// `sluice -c CONFIG --duration SECS --stats-interval 1 --stats-json
+/// REPORT`, REPORT being [`report_path`] of the config: every run leaves
+/// its own latency figures behind.
 pub fn command(bin: &Path, config: &Path, duration_secs: f64) -> CommandSpec {
     CommandSpec::new(bin.to_string_lossy()).args([
         "-c".to_owned(),
@@ -120,6 +129,8 @@ pub fn command(bin: &Path, config: &Path, duration_secs: f64) -> CommandSpec {
         format!("{duration_secs}"),
         "--stats-interval".to_owned(),
         "1".to_owned(),
+        "--stats-json".to_owned(),
+        report_path(config).to_string_lossy().into_owned(),
     ])
 }
 
@@ -290,6 +301,20 @@ mod tests {
         ] {
             assert!(toml.contains(want), "missing {want} in\n{toml}");
         }
+    }
+
+    #[test]
+    fn every_run_writes_its_report_next_to_its_config() {
+        let c = command(
+            Path::new("/b/sluice"),
+            Path::new("/w/sluice-full-400.toml"),
+            6.6,
+        );
+        assert_eq!(
+            c.display(),
+            "/b/sluice -c /w/sluice-full-400.toml --duration 6.6 --stats-interval 1 \
+             --stats-json /w/sluice-full-400.report.json"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `updates` scenario: an update storm through the control socket while
 //! the full pipeline forwards.
 //!
-//! One Sluice run on the full-pipeline setup (the `sched` scenario's corpus
+//! One Sluice run on the full-pipeline setup (the `pipeline` scenario's corpus
 //! and populated store), in four phases of [`PHASE_SECS`]: quiet, storm,
 //! quiet, storm. During a storm a client replaces 10,000 coupon rows per
 //! request (`update` of the 1M `f*` coupons, DSCP flipping), back to back,
