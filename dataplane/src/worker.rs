@@ -556,7 +556,10 @@ impl Worker {
             // ring drops them); copies were made while processing.
             let punt = self.pipeline.as_mut().and_then(|p| {
                 let copies = p.take_copies();
-                p.punt.as_ref().map(|pp| (Arc::clone(&pp.rings), copies))
+                // Borrowed, not cloned: an Arc clone per pass would bounce
+                // its shared counter between the cores.
+                let p: &Pipeline = p;
+                p.punt.as_ref().map(|pp| (&*pp.rings, copies))
             });
             let mut consumed = (0u64, 0u64);
             let mut give = |m: Mbuf| {

@@ -120,7 +120,9 @@ impl Scenario {
             | Scenario::Pipeline
             | Scenario::Congestion
             | Scenario::Updates => Available,
-            Scenario::Police => NeedsFeature("per-binding meters"),
+            Scenario::Police => NeedsFeature(
+                "a scenario of its own (meters already run inside `pipeline`: every coupon flow is metered)",
+            ),
             Scenario::Pktgen => pktgen_availability(on_path("pktgen")),
         }
     }
