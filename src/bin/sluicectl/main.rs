@@ -914,6 +914,86 @@ mod tests {
     }
 
     #[test]
+    fn coupon_issue_flags_build_valid_signed_claims_and_a_bundle_plan() {
+        let p = match plan_of(&[
+            "coupon",
+            "issue",
+            "--id",
+            "c-9",
+            "--customer",
+            "alice",
+            "--level",
+            "3",
+            "--remap-port",
+            "8080",
+            "--dscp",
+            "46",
+            "--prefix",
+            "203.0.113.10/32",
+            "--port",
+            "80",
+            "--window",
+            "mon-fri 18:00-23:00",
+            "--not-before",
+            "1795392000",
+            "--valid-for",
+            "86400",
+            "--rate-committed",
+            "1000000",
+            "--rate-peak",
+            "2000000",
+        ]) {
+            Plan::Signed(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(p.request["op"], "coupon_issue");
+        let c: sluice_coupon::Claims =
+            serde_json::from_value(p.request["claims"].clone()).expect("valid claims");
+        assert_eq!((c.id.as_str(), c.level, c.expires), ("c-9", 3, 1795478400));
+        assert_eq!((c.port(), c.dscp()), (Some(8080), Some(46)));
+        assert_eq!(c.windows.len(), 1);
+        // A holder key was made here; its secret goes into the bundle.
+        let (secret, out) = p.bundle.expect("issue writes a bundle");
+        assert!(secret.is_some_and(|s| s.starts_with("k4.secret.")));
+        assert_eq!(out, std::path::PathBuf::from("c-9.coupon.json"));
+        // A coupon without a mode is refused before anything is sent.
+        let cli = Cli::try_parse_from([
+            "sluicectl",
+            "coupon",
+            "issue",
+            "--customer",
+            "a",
+            "--level",
+            "3",
+        ])
+        .unwrap();
+        assert!(plan(&cli.command).is_err());
+        for (args, op) in [
+            (&["coupon", "revoke", "--id", "c-9"][..], "coupon_revoke"),
+            (&["coupon", "list"][..], "coupon_list"),
+            (&["coupon", "show", "--id", "c-9"][..], "coupon_get"),
+            (&["coupon", "keygen"][..], "coupon_keygen"),
+            (&["coupon", "stats"][..], "coupon_stats"),
+            (
+                &[
+                    "coupon",
+                    "redeem",
+                    "--token",
+                    "v4.public.x",
+                    "--subscriber",
+                    "10.0.0.1",
+                ][..],
+                "coupon_redeem",
+            ),
+        ] {
+            match plan_of(args) {
+                Plan::Signed(p) => assert_eq!(p.request["op"], op, "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn typed_coupon_flags_build_the_documented_row() {
         let r = request_of(&[
             "coupon",
