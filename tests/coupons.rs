@@ -371,7 +371,8 @@ fn coupons_redeemed_in_band_remap_the_port_and_the_address_and_mark_dscp() {
 
 #[test]
 fn a_hostname_scoped_coupon_applies_once_a_dns_answer_crossed_the_appliance() {
-    let mut bench = Bench::new("");
+    // Answers are believed from the server's resolver only.
+    let mut bench = Bench::new("\n[coupons]\ndns_resolvers = [\"198.18.0.2\"]\n");
     ok(&sluicectl(&bench.socket, &["coupon", "keygen"]));
     let ns_b = bench.ns.b.clone();
     ns_ip(&ns_b, &["addr", "add", "198.18.0.4/24", "dev", &bench.if_b]);

@@ -105,6 +105,23 @@ pub struct CouponsConfig {
     /// Hostname -> address mappings kept at most.
     #[serde(default = "default_dns_entries")]
     pub dns_entries: usize,
+    /// The resolvers whose answers are believed (their addresses, as seen
+    /// upstream). Empty: any answer crossing from the upstream side, which
+    /// lets a subscriber who runs a DNS server on the far side point a
+    /// scoped hostname at an address of their choosing; set this in
+    /// production.
+    #[serde(default)]
+    pub dns_resolvers: Vec<IpAddr>,
+    /// In-band redemption requests handled per second from one source
+    /// address (more are dropped and counted): the answers go to the
+    /// request's source, so a spoofed source must not turn the appliance
+    /// into a reflector.
+    #[serde(default = "default_requests_per_source")]
+    pub requests_per_source: u32,
+}
+
+fn default_requests_per_source() -> u32 {
+    10
 }
 
 fn default_redeem_port() -> u16 {
@@ -131,6 +148,8 @@ impl Default for CouponsConfig {
             max_skew_secs: default_max_skew(),
             snoop_dns: true,
             dns_entries: default_dns_entries(),
+            dns_resolvers: Vec::new(),
+            requests_per_source: default_requests_per_source(),
         }
     }
 }
@@ -601,6 +620,13 @@ impl Config {
                 "coupons.redeem_port",
                 c.redeem_port,
                 "a port other than DNS's 53 (0 turns redemption off)",
+            ));
+        }
+        if !(1..=10_000).contains(&c.requests_per_source) {
+            return Err(invalid(
+                "coupons.requests_per_source",
+                c.requests_per_source,
+                "1..=10000 per second",
             ));
         }
         if !(16..=10_000_000).contains(&c.dns_entries) {

@@ -324,12 +324,15 @@ fn serve_punts(c: &mut Coupons, policy: &mut Policy, dp: &mut impl Dataplane) {
             continue;
         };
         if f.consumed {
+            if !c.admit(d.src, now) {
+                continue;
+            }
             let outcome = c.redeem_packet(d.payload, d.src, now, &mut Bind { policy, dp });
             let status = coupons::status_payload(&outcome, d.payload);
             let sent = wire::answer(&d, &status).is_some_and(|a| dp.send(&a));
             c.count_answer(sent);
         } else {
-            c.dns_answer(d.payload, d.dst, now, &mut Bind { policy, dp });
+            c.dns_answer(d.payload, d.src, d.dst, now, &mut Bind { policy, dp });
         }
     }
 }

@@ -130,6 +130,10 @@ pub struct CouponCounters {
     pub dns_learned: u64,
     pub scope_overflow: u64,
     pub commit_errors: u64,
+    /// In-band requests over `requests_per_source`: dropped, unanswered.
+    pub rate_limited: u64,
+    /// DNS answers from a resolver not in `dns_resolvers`: ignored.
+    pub dns_untrusted: u64,
     pub issued: u64,
     pub revoked: u64,
 }
@@ -149,6 +153,12 @@ pub struct Coupons {
     /// hostname scopes): what the once-a-second sweep reconciles, so that
     /// it costs nothing for the others however many there are.
     timed: std::collections::BTreeSet<String>,
+    /// In-band requests per source address in the current second.
+    per_source: HashMap<IpAddr, u32>,
+    per_source_second: u64,
+    requests_per_source: u32,
+    /// Empty: any resolver.
+    dns_resolvers: Vec<IpAddr>,
 }
 
 /// Whether a coupon's rows change with time.
@@ -227,6 +237,10 @@ impl Coupons {
             max_skew: cfg.max_skew_secs,
             counters: CouponCounters::default(),
             timed,
+            per_source: HashMap::new(),
+            per_source_second: 0,
+            requests_per_source: cfg.requests_per_source,
+            dns_resolvers: cfg.dns_resolvers.clone(),
         })
     }
 
@@ -241,7 +255,28 @@ impl Coupons {
             max_skew,
             counters: CouponCounters::default(),
             timed: Default::default(),
+            per_source: HashMap::new(),
+            per_source_second: 0,
+            requests_per_source: 10,
+            dns_resolvers: Vec::new(),
         }
+    }
+
+    /// Whether an in-band request from `src` may be handled now (at most
+    /// `requests_per_source` a second per address; the map is emptied
+    /// every second, so it holds one second's sources at most).
+    pub fn admit(&mut self, src: IpAddr, now: u64) -> bool {
+        if now != self.per_source_second {
+            self.per_source.clear();
+            self.per_source_second = now;
+        }
+        let n = self.per_source.entry(src).or_default();
+        *n += 1;
+        if *n > self.requests_per_source {
+            self.counters.rate_limited += 1;
+            return false;
+        }
+        true
     }
 
     /// Keeps [`Coupons::timed`] in step with coupon `id`'s record.
@@ -585,7 +620,18 @@ impl Coupons {
     }
 
     /// A DNS answer seen crossing the appliance, sent to `subscriber`.
-    pub fn dns_answer(&mut self, payload: &[u8], subscriber: IpAddr, now: u64, b: &mut dyn Binder) {
+    pub fn dns_answer(
+        &mut self,
+        payload: &[u8],
+        resolver: IpAddr,
+        subscriber: IpAddr,
+        now: u64,
+        b: &mut dyn Binder,
+    ) {
+        if !self.dns_resolvers.is_empty() && !self.dns_resolvers.contains(&resolver) {
+            self.counters.dns_untrusted += 1;
+            return;
+        }
         let answer = match crate::dns::parse_answer(payload) {
             Ok(a) => a,
             Err(_) => {
@@ -819,10 +865,12 @@ impl Coupons {
                 "answers": c.dns_answers,
                 "refused": c.dns_refused,
                 "learned": c.dns_learned,
+                "untrusted": c.dns_untrusted,
                 "entries": self.dns.len(),
             },
             "scope_overflow": c.scope_overflow,
             "commit_errors": c.commit_errors,
+            "rate_limited": c.rate_limited,
             "nonces": self.nonces.len(),
         })
     }

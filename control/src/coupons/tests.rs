@@ -281,3 +281,16 @@ fn the_ledger_survives_a_reopen() {
     let l = ledger::Ledger::open(dir.path()).unwrap();
     assert_eq!(l.get("d").unwrap().revoked_at, Some(6));
 }
+
+#[test]
+fn in_band_requests_are_limited_per_source_and_second() {
+    let (mut c, _b, _d) = setup();
+    let (a, z) = (ip("10.0.0.1"), ip("10.0.0.2"));
+    for _ in 0..10 {
+        assert!(c.admit(a, MONDAY));
+    }
+    assert!(!c.admit(a, MONDAY), "the 11th in the same second");
+    assert!(c.admit(z, MONDAY), "another source has its own budget");
+    assert!(c.admit(a, MONDAY + 1), "a new second");
+    assert_eq!(c.counters().rate_limited, 1);
+}

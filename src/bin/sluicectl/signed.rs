@@ -323,9 +323,9 @@ fn render(op: &Value, v: &Value) -> String {
         "coupon_stats" => {
             let c = &v["coupons"];
             let mut s = format!(
-                "coupons {}  keys {}  issued {}  revoked {}  granted {}  regranted {}\nanswers sent {}  unsent {}  scope overflow {}  commit errors {}\n",
+                "coupons {}  keys {}  issued {}  revoked {}  granted {}  regranted {}\nanswers sent {}  unsent {}  rate-limited {}  scope overflow {}  commit errors {}\n",
                 c["coupons"], c["keys"], c["issued"], c["revoked"], c["granted"], c["regranted"],
-                c["answers_sent"], c["answers_unsent"], c["scope_overflow"], c["commit_errors"]
+                c["answers_sent"], c["answers_unsent"], c["rate_limited"], c["scope_overflow"], c["commit_errors"]
             );
             s.push_str("refused:");
             for (k, n) in c["refused"].as_object().into_iter().flatten() {
