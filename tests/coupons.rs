@@ -550,7 +550,9 @@ fn forged_expired_revoked_replayed_and_garbage_redemptions_are_refused_with_thei
         SUB,
         Refusal::Malformed,
     );
-    expect(b"\x00\xffgarbage".to_vec(), SUB, Refusal::Malformed);
+    // Not a redemption request at all: counted, never answered (an answer
+    // to arbitrary datagrams would make the appliance a reflector).
+    assert!(send_raw(&bench, b"\x00\xffgarbage", SUB).is_none());
     assert!(bindings(&bench).is_empty(), "no refusal bound anything");
     // The genuine one, once; the same packet again is a replay.
     let s = send_raw(&bench, &sniffed, SUB).unwrap();

@@ -81,6 +81,12 @@ pub struct Config {
     pub coupons: CouponsConfig,
 }
 
+/// Slots of each ring between the workers and the control thread (punted
+/// control packets one way, answers the other): a thousand control packets
+/// per 10 ms poll of the control thread. They hold pool buffers, so the
+/// pool budget counts them.
+pub const PUNT_RING_SLOTS: usize = 1024;
+
 /// Signed priority coupons (see the `sluice-coupon` crate and
 /// `control/src/coupons/`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -912,7 +918,16 @@ impl Config {
         // Packets the schedulers of shaped ports may hold at once.
         let shaped = ports.iter().filter(|p| p.rate_bps.is_some()).count() as u64;
         let queued = q * shaped * 8 * u64::from(self.scheduler.queue_packets);
-        desc + queued + lcores * (self.mempool.cache as u64 + 2 * self.workers.burst as u64)
+        // Control packets waiting in the punt rings (to and from the
+        // control thread).
+        let punted = if self.coupons.redeem_port != 0 || self.coupons.snoop_dns {
+            2 * PUNT_RING_SLOTS as u64
+        } else {
+            0
+        };
+        desc + queued
+            + punted
+            + lcores * (self.mempool.cache as u64 + 2 * self.workers.burst as u64)
     }
 
     /// The two port devices, subscriber first.

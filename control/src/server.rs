@@ -324,6 +324,13 @@ fn serve_punts(c: &mut Coupons, policy: &mut Policy, dp: &mut impl Dataplane) {
             continue;
         };
         if f.consumed {
+            // Answered only when it is a redemption request at all, from a
+            // unicast source: garbage, or a spoofed broadcast/multicast
+            // source, is counted and gets nothing back (no reflection).
+            if !d.payload.starts_with(sluice_coupon::wire::REDEEM_MAGIC) || !wire::unicast(&d) {
+                c.count_unanswerable();
+                continue;
+            }
             if !c.admit(d.src, now) {
                 continue;
             }

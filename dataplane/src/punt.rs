@@ -23,9 +23,8 @@ use crossbeam_queue::ArrayQueue;
 use crate::dpdk::Mbuf;
 
 /// Packets waiting for the control thread, and replies waiting for a
-/// worker: a few thousand, more than any sane rate of control packets
-/// between two 10 ms polls of the control thread.
-pub const RING_SLOTS: usize = 4096;
+/// worker (counted in the pool budget, `Config::mbufs_needed`).
+pub const RING_SLOTS: usize = sluice_control::config::PUNT_RING_SLOTS;
 
 /// The level [`crate::worker::Pipeline::process_burst`] gives a packet the
 /// control thread consumes (it leaves the burst for the punt ring).

@@ -164,7 +164,9 @@ impl Pipeline {
             PuntAction::Forward => false,
             PuntAction::Consume => true,
             PuntAction::Copy => {
-                let copied = m.copy_into(&pp.pool).and_then(|c| {
+                // No copy made only to be freed again.
+                let room = !pp.rings.to_control.is_full();
+                let copied = room.then(|| m.copy_into(&pp.pool)).flatten().and_then(|c| {
                     pp.rings
                         .to_control
                         .push(Punted {

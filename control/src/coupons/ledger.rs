@@ -22,7 +22,8 @@
 //! snapshot, the whole state is written as one snapshot record to a
 //! temporary file, `fsync`ed and renamed over the ledger (then the
 //! directory is `fsync`ed), so the file stays proportional to the coupons
-//! it describes.
+//! it describes; coupons expired more than [`FORGET_AFTER`] ago are left
+//! out (their tokens are refused as expired anyway).
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -39,6 +40,9 @@ use crate::policy::StoreError;
 pub const LEDGER_FILE: &str = "coupons";
 /// Events appended after which the ledger is rewritten as a snapshot.
 pub const COMPACT_AFTER: usize = 10_000;
+/// Seconds after its expiry that a coupon's record is dropped at the next
+/// compaction.
+pub const FORGET_AFTER: u64 = 7 * 86400;
 
 /// One thing that happened to a coupon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,6 +273,16 @@ impl Ledger {
         };
         let path = path.clone();
         let tmp = path.with_extension("tmp");
+        // Coupons expired for a week can never be granted again (their
+        // token is refused as expired): their records go.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.coupons.retain(|_, c| {
+            c.claims
+                .as_ref()
+                .is_none_or(|cl| cl.expires.saturating_add(FORGET_AFTER) > now)
+        });
         let rec = record(&Event::Snapshot {
             coupons: self.coupons.values().cloned().collect(),
         })?;

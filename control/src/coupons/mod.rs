@@ -97,6 +97,10 @@ use ledger::{CouponRecord, Event, Ledger};
 /// The id prefix of the policy rows derived from signed coupons.
 pub const ROW_PREFIX: &str = "sc/";
 
+/// DNS-learned rows expire on a multiple of this many seconds (after the
+/// answer's TTL, never before).
+pub const DNS_ROW_ROUND: u64 = 300;
+
 /// What the coupon manager needs from the control thread: the policy, and
 /// a way to commit a batch to it (journal, then the workers' tables).
 pub trait Binder {
@@ -222,6 +226,12 @@ impl Coupons {
             dir: keys_dir.display().to_string(),
             source,
         })?;
+        if cfg.snoop_dns && cfg.dns_resolvers.is_empty() {
+            log::warn!(
+                "coupons.snoop_dns is on with no coupons.dns_resolvers: DNS answers from any \
+                 server beyond the appliance are believed for hostname-scoped coupons"
+            );
+        }
         let ledger = Ledger::open(state_dir)?;
         let timed = ledger
             .coupons()
@@ -328,13 +338,16 @@ impl Coupons {
                 "this redemption (its nonce) was already seen",
             );
         }
-        // Kept while the timestamp could still pass (then the skew check
-        // refuses it anyway).
-        self.nonces.insert(
-            r.nonce.clone(),
-            r.ts.saturating_add(self.max_skew).saturating_add(1),
-        );
-        self.grant(r.token, r.claims, r.kid, src, now, "packet", b)
+        let (nonce, until) = (r.nonce.clone(), r.ts.saturating_add(self.max_skew) + 1);
+        let out = self.grant(r.token, r.claims, r.kid, src, now, "packet", b);
+        if matches!(out, Outcome::Granted { .. }) {
+            // Kept while the timestamp could still pass (then the skew
+            // check refuses it anyway). Only grants: a refused request
+            // replayed is refused again for the same reason, and holders
+            // of refused coupons cannot fill the map.
+            self.nonces.insert(nonce, until);
+        }
+        out
     }
 
     /// Redeems `token` for `subscriber` through the control socket.
@@ -475,6 +488,9 @@ impl Coupons {
             learned.sort_by_key(|&(a, e)| (std::cmp::Reverse(e), a));
             for (a, e) in learned {
                 let len = if a.is_ipv4() { 32 } else { 128 };
+                // Rounded up to DNS_ROW_ROUND: a TTL extended by another
+                // answer rewrites the row once per period, not per answer.
+                let e = e.div_ceil(DNS_ROW_ROUND).saturating_mul(DNS_ROW_ROUND);
                 dsts.push((Some(format!("{a}/{len}")), e.min(c.expires)));
             }
         } else if c.scope.prefixes.is_empty() {
@@ -485,6 +501,9 @@ impl Coupons {
         } else {
             c.scope.ports.iter().map(|&p| Some(p)).collect()
         };
+        // A learned address may equal a scope prefix: one row per match.
+        let mut seen = std::collections::HashSet::new();
+        dsts.retain(|(d, _)| seen.insert(d.clone()));
         let mut rows = Vec::new();
         for (dst, exp) in &dsts {
             for port in &ports {
@@ -531,6 +550,7 @@ impl Coupons {
         let prefix = format!("{ROW_PREFIX}{id}/");
         let mut held = 0;
         let mut first_err = None;
+        let mut skipped = false;
         for s in subs {
             let want = if rec.redeemed_by(s) {
                 self.desired_rows(rec, s, now)
@@ -554,6 +574,8 @@ impl Coupons {
                     .any(|o| o.dst() == w.dst() && o.port() == w.port());
                 if clash || keep.len() >= room {
                     self.counters.scope_overflow += 1;
+                    // Retried every sweep: the row in the way may go.
+                    skipped = true;
                     continue;
                 }
                 keep.push(w);
@@ -581,6 +603,10 @@ impl Coupons {
                     held -= keep.len();
                 }
             }
+        }
+        if skipped || first_err.is_some() {
+            // The sweeps try again.
+            self.timed.insert(id.to_owned());
         }
         match first_err {
             Some(e) => Err(e),
@@ -640,15 +666,34 @@ impl Coupons {
             }
         };
         self.counters.dns_answers += 1;
+        // Only names a live hostname-scoped coupon matches are kept, so the
+        // cache holds what coupons need, not everything subscribers resolve.
+        let patterns: Vec<&str> = self
+            .timed
+            .iter()
+            .filter_map(|id| self.ledger.get(id)?.claims.as_ref())
+            .flat_map(|c| c.scope.hosts.iter().map(String::as_str))
+            .collect();
+        let mut answer = answer;
+        answer.names.retain(|l| {
+            patterns
+                .iter()
+                .any(|p| crate::dns::host_matches(p, &l.name))
+        });
+        if answer.names.is_empty() {
+            return;
+        }
         let learned = self.dns.learn(&answer, now);
         if learned.is_empty() {
             return;
         }
         self.counters.dns_learned += learned.len() as u64;
-        // The subscriber's hostname-scoped coupons whose patterns match.
+        // The subscriber's hostname-scoped coupons whose patterns match
+        // (all redeemed hostname-scoped coupons are in `timed`).
         let ids: Vec<String> = self
-            .ledger
-            .coupons()
+            .timed
+            .iter()
+            .filter_map(|id| self.ledger.get(id))
             .filter(|c| c.revoked_at.is_none() && c.redeemed_by(subscriber))
             .filter(|c| {
                 c.claims.as_ref().is_some_and(|cl| {

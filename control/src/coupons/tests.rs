@@ -294,3 +294,16 @@ fn in_band_requests_are_limited_per_source_and_second() {
     assert!(c.admit(a, MONDAY + 1), "a new second");
     assert_eq!(c.counters().rate_limited, 1);
 }
+
+#[test]
+fn a_repeated_restriction_gives_one_row() {
+    let (mut c, mut b, _d) = setup();
+    let cl = claims(
+        "twice",
+        json!({"scope": {"prefixes": ["203.0.113.0/24", "203.0.113.0/24"], "ports": [443]}}),
+    );
+    let t = issue(&mut c, &mut b, &cl, MONDAY);
+    let out = c.redeem_token(&t, ip("10.0.0.1"), MONDAY, &mut b);
+    assert!(matches!(out, Outcome::Granted { rows: 1, .. }), "{out:?}");
+    assert_eq!(b.0.coupons().len(), 1);
+}

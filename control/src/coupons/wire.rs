@@ -71,6 +71,19 @@ pub fn datagram(frame: &[u8]) -> Option<Datagram<'_>> {
     })
 }
 
+/// Whether `d` came from one host: a unicast source MAC and address (an
+/// answer to anything else would go to many, or to nobody).
+pub fn unicast(d: &Datagram<'_>) -> bool {
+    let mac_ok = d.src_mac[0] & 1 == 0 && d.src_mac != [0; 6];
+    let ip_ok = match d.src {
+        IpAddr::V4(a) => {
+            !(a.is_broadcast() || a.is_multicast() || a.is_unspecified() || a.is_loopback())
+        }
+        IpAddr::V6(a) => !(a.is_multicast() || a.is_unspecified() || a.is_loopback()),
+    };
+    mac_ok && ip_ok
+}
+
 /// The answer to `req` carrying `payload`: from the address and port it
 /// was sent to, to where it came from, on the same VLANs.
 pub fn answer(req: &Datagram<'_>, payload: &[u8]) -> Option<Vec<u8>> {
@@ -153,6 +166,13 @@ mod tests {
             assert_eq!((back.src_mac, back.dst_mac), (d.dst_mac, d.src_mac));
             assert_eq!(back.vlans, d.vlans);
             assert_eq!(back.payload, b"status");
+            assert!(unicast(&d));
+            let mut bcast = d.clone();
+            bcast.src = "255.255.255.255".parse().unwrap();
+            assert!(!unicast(&bcast));
+            let mut mcast_mac = d.clone();
+            mcast_mac.src_mac[0] |= 1;
+            assert!(!unicast(&mcast_mac));
         }
     }
 
