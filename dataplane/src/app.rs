@@ -391,17 +391,18 @@ fn main_loop(
             for l in &now_levels {
                 let p = prev.get(usize::from(l.level)).cloned().unwrap_or_default();
                 let dl = l.since(&p);
-                if dl.sent == 0 && dl.dropped_full + dl.dropped_aqm == 0 {
+                if dl.counters.sent == 0 && dl.counters.dropped_full + dl.counters.dropped_aqm == 0
+                {
                     continue;
                 }
                 let q = dl.sojourn_percentiles(&[0.5, 0.99]);
                 parts.push(format!(
                     "L{} {:.1} Mbit/s delay p50 {:.2} p99 {:.2} ms drop {}",
                     l.level,
-                    dl.sent_bytes as f64 * 8.0 / dt / 1e6,
+                    dl.counters.sent_bytes as f64 * 8.0 / dt / 1e6,
                     q[0] as f64 / 1e6,
                     q[1] as f64 / 1e6,
-                    dl.dropped_full + dl.dropped_aqm
+                    dl.counters.dropped_full + dl.counters.dropped_aqm
                 ));
             }
             last_sched[d.index()] = Some(now_levels);
@@ -540,12 +541,12 @@ fn egress_json(workers: &[(u32, Arc<WorkerCounters>)]) -> serde_json::Value {
                 let p = l.sojourn_percentiles(&[0.5, 0.9, 0.99, 1.0]);
                 serde_json::json!({
                     "level": l.level,
-                    "enqueued": l.enqueued,
-                    "sent": l.sent,
-                    "sent_bytes": l.sent_bytes,
-                    "dropped_full": l.dropped_full,
-                    "dropped_aqm": l.dropped_aqm,
-                    "depth": l.depth,
+                    "enqueued": l.counters.enqueued,
+                    "sent": l.counters.sent,
+                    "sent_bytes": l.counters.sent_bytes,
+                    "dropped_full": l.counters.dropped_full,
+                    "dropped_aqm": l.counters.dropped_aqm,
+                    "depth": l.counters.depth,
                     "sojourn_us": {"p50": p[0] / 1000, "p90": p[1] / 1000, "p99": p[2] / 1000, "max": p[3] / 1000},
                 })
             })

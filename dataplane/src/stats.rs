@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crossbeam_utils::CachePadded;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dpdk::PortStats;
 use crate::flow::FlowCounters;
@@ -14,7 +14,9 @@ use crate::packet::{Action, Outcome, ParseError};
 use crate::tables::Source;
 
 /// Which way a packet crosses the appliance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Received on the subscriber port, sent out of the upstream port.
@@ -112,8 +114,9 @@ fn bucket_percentiles(buckets: &[u64], upper: fn(usize) -> u64, qs: &[f64]) -> V
     qs.iter().map(|&q| h.value_at_quantile(q)).collect()
 }
 
-/// One direction's rx-to-tx latency over a run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// One direction's rx-to-tx latency over a run (also read back from
+/// `--stats-json` by the benchmark runner).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub direction: Direction,
     pub packets: u64,
@@ -478,17 +481,7 @@ impl SchedCounters {
     pub fn publish(&self, of: impl Fn(usize) -> crate::sched::LevelCounters) {
         self.active.store(true, Relaxed);
         for (l, row) in self.levels.iter().enumerate() {
-            let c = of(l);
-            let v = [
-                c.enqueued,
-                c.enqueued_bytes,
-                c.sent,
-                c.sent_bytes,
-                c.dropped_full,
-                c.dropped_aqm,
-                c.depth,
-                c.depth_bytes,
-            ];
+            let v = of(l).to_array();
             for (a, x) in row.iter().zip(v) {
                 a.store(x, Relaxed);
             }
@@ -504,17 +497,11 @@ impl SchedCounters {
             levels: (0..LEVELS)
                 .map(|l| {
                     let r = &self.levels[l];
-                    let g = |i: usize| r[i].load(Relaxed);
                     SchedLevelSnapshot {
                         level: l as u8,
-                        enqueued: g(0),
-                        enqueued_bytes: g(1),
-                        sent: g(2),
-                        sent_bytes: g(3),
-                        dropped_full: g(4),
-                        dropped_aqm: g(5),
-                        depth: g(6),
-                        depth_bytes: g(7),
+                        counters: crate::sched::LevelCounters::from_array(std::array::from_fn(
+                            |i| r[i].load(Relaxed),
+                        )),
                         sojourn: self.sojourn[l].iter().map(|c| c.load(Relaxed)).collect(),
                     }
                 })
@@ -527,14 +514,8 @@ impl SchedCounters {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SchedLevelSnapshot {
     pub level: u8,
-    pub enqueued: u64,
-    pub enqueued_bytes: u64,
-    pub sent: u64,
-    pub sent_bytes: u64,
-    pub dropped_full: u64,
-    pub dropped_aqm: u64,
-    pub depth: u64,
-    pub depth_bytes: u64,
+    #[serde(flatten)]
+    pub counters: crate::sched::LevelCounters,
     /// Packets per sojourn bucket ([`sojourn_bucket`]); in JSON as
     /// `sojourn_hist`: `[upper_ns, packets]` of each non-empty bucket.
     #[serde(rename = "sojourn_hist", serialize_with = "sojourn_pairs")]
@@ -553,14 +534,7 @@ fn sojourn_pairs<S: serde::Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Erro
 impl SchedLevelSnapshot {
     /// Adds another worker's counters of the same level.
     pub fn add(&mut self, o: &SchedLevelSnapshot) {
-        self.enqueued += o.enqueued;
-        self.enqueued_bytes += o.enqueued_bytes;
-        self.sent += o.sent;
-        self.sent_bytes += o.sent_bytes;
-        self.dropped_full += o.dropped_full;
-        self.dropped_aqm += o.dropped_aqm;
-        self.depth += o.depth;
-        self.depth_bytes += o.depth_bytes;
+        self.counters.add(&o.counters);
         if self.sojourn.len() < o.sojourn.len() {
             self.sojourn.resize(o.sojourn.len(), 0);
         }
@@ -574,14 +548,7 @@ impl SchedLevelSnapshot {
     pub fn since(&self, prev: &SchedLevelSnapshot) -> SchedLevelSnapshot {
         SchedLevelSnapshot {
             level: self.level,
-            enqueued: self.enqueued.saturating_sub(prev.enqueued),
-            enqueued_bytes: self.enqueued_bytes.saturating_sub(prev.enqueued_bytes),
-            sent: self.sent.saturating_sub(prev.sent),
-            sent_bytes: self.sent_bytes.saturating_sub(prev.sent_bytes),
-            dropped_full: self.dropped_full.saturating_sub(prev.dropped_full),
-            dropped_aqm: self.dropped_aqm.saturating_sub(prev.dropped_aqm),
-            depth: self.depth,
-            depth_bytes: self.depth_bytes,
+            counters: self.counters.since(&prev.counters),
             sojourn: self
                 .sojourn
                 .iter()
@@ -950,16 +917,16 @@ impl fmt::Display for RunReport {
                 "egress {port}: {:<6} {:>12} {:>10} {:>11} {:>9} {:>9} {:>9}",
                 "level", "sent pkts", "Mbit/s", "queue full", "AQM drop", "p50 ms", "p99 ms"
             )?;
-            for l in levels.iter().filter(|l| l.enqueued > 0) {
+            for l in levels.iter().filter(|l| l.counters.enqueued > 0) {
                 let q = l.sojourn_percentiles(&[0.5, 0.99]);
                 writeln!(
                     f,
                     "egress {port}: {:<6} {:>12} {:>10.2} {:>11} {:>9} {:>9.2} {:>9.2}",
                     l.level,
-                    l.sent,
-                    l.sent_bytes as f64 * 8.0 / self.elapsed_secs.max(1e-9) / 1e6,
-                    l.dropped_full,
-                    l.dropped_aqm,
+                    l.counters.sent,
+                    l.counters.sent_bytes as f64 * 8.0 / self.elapsed_secs.max(1e-9) / 1e6,
+                    l.counters.dropped_full,
+                    l.counters.dropped_aqm,
                     q[0] as f64 / 1e6,
                     q[1] as f64 / 1e6
                 )?;

@@ -13,7 +13,7 @@ use crate::process::{self, CommandSpec, Line, Verdict};
 use crate::qos_sched;
 use crate::report::{fmt_opt, ScenarioReport, Table};
 use crate::sluice;
-use crate::sluice_report::{self, DirectionLatency, FinalReport};
+use crate::sluice_report::{self, FinalReport, LatencySummary};
 use crate::stats::{self, Sample, Summary};
 use crate::svg;
 use crate::testpmd::{self, FwdMode};
@@ -545,7 +545,7 @@ impl<'a> Bench<'a> {
 pub type Rounds = HashMap<(Tool, u32), Vec<f64>>;
 
 /// Sluice's rx → tx latency per direction, of every round that reported it.
-pub type LatencyRounds = HashMap<(Tool, u32), Vec<Vec<DirectionLatency>>>;
+pub type LatencyRounds = HashMap<(Tool, u32), Vec<Vec<LatencySummary>>>;
 
 /// What interleaved rounds measured.
 #[derive(Debug, Default)]
@@ -558,7 +558,7 @@ pub struct Measured {
 
 /// A tool's rx → tx latency over its rounds: the median round of the worse
 /// direction's p50 and of its p99, ns ([`sluice_report::worst_latency`]).
-pub fn latency_figure(rounds: Option<&Vec<Vec<DirectionLatency>>>) -> Option<(f64, f64)> {
+pub fn latency_figure(rounds: Option<&Vec<Vec<LatencySummary>>>) -> Option<(f64, f64)> {
     let worst: Vec<(u64, u64)> = rounds?
         .iter()
         .filter_map(|dirs| sluice_report::worst_latency(dirs))
@@ -1136,11 +1136,11 @@ pub fn sizes(bench: &mut Bench) -> Result<ScenarioReport> {
 /// The `sizes` plot, in [`Options::plot_dir`].
 pub const SIZES_SVG: &str = "sizes.svg";
 
-/// A qos_sched report that carries no numbers, only why.
-fn qos_not_run(bench: &mut Bench, why: String) -> ScenarioReport {
+/// A report that carries no numbers, only why the scenario did not run.
+pub fn not_run(bench: &mut Bench, name: &str, title: &str, why: String) -> ScenarioReport {
     ScenarioReport {
-        name: "qos_sched".into(),
-        title: "DPDK qos_sched example on net_null".into(),
+        name: name.into(),
+        title: title.into(),
         tables: vec![],
         notes: vec![format!("not run: {why}")],
         commands: std::mem::take(&mut bench.commands),
@@ -1148,6 +1148,15 @@ fn qos_not_run(bench: &mut Bench, why: String) -> ScenarioReport {
         inputs: vec![],
         data: json!({ "ran": false, "why": why }),
     }
+}
+
+fn qos_not_run(bench: &mut Bench, why: String) -> ScenarioReport {
+    not_run(
+        bench,
+        "qos_sched",
+        "DPDK qos_sched example on net_null",
+        why,
+    )
 }
 
 /// The `qos_sched` scenario.

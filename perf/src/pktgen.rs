@@ -96,16 +96,12 @@ pub fn strip_ansi(s: &str) -> String {
 }
 
 fn not_run(bench: &mut Bench, why: String) -> ScenarioReport {
-    ScenarioReport {
-        name: "pktgen".into(),
-        title: "Sluice on memif driven by Pktgen-DPDK".into(),
-        tables: vec![],
-        notes: vec![format!("not run: {why}")],
-        commands: std::mem::take(&mut bench.commands),
-        files: vec![],
-        inputs: vec![],
-        data: json!({ "ran": false, "why": why }),
-    }
+    crate::bench::not_run(
+        bench,
+        "pktgen",
+        "Sluice on memif driven by Pktgen-DPDK",
+        why,
+    )
 }
 
 /// The `pktgen` scenario (only offered when `pktgen` is on PATH).

@@ -36,43 +36,9 @@ pub enum ReportError {
     },
 }
 
-/// rx → tx latency of one direction, nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirectionLatency {
-    pub direction: Direction,
-    pub packets: u64,
-    pub p50_ns: u64,
-    pub p90_ns: u64,
-    pub p99_ns: u64,
-    pub p999_ns: u64,
-    pub max_ns: u64,
-}
-
-/// Which way packets crossed the appliance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    Upstream,
-    Downstream,
-}
-
-impl Direction {
-    /// The direction whose egress is `scheds[index]`.
-    fn of_index(i: usize) -> Option<Direction> {
-        match i {
-            0 => Some(Direction::Upstream),
-            1 => Some(Direction::Downstream),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Direction::Upstream => "upstream",
-            Direction::Downstream => "downstream",
-        }
-    }
-}
+/// rx → tx latency of one direction, and the directions: the appliance's
+/// own types, read back.
+pub use sluice_dataplane::stats::{Direction, LatencySummary};
 
 /// One level of a shaped egress, summed over workers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -119,7 +85,7 @@ impl EgressLevel {
 pub struct FinalReport {
     pub elapsed_secs: f64,
     /// `None` when the report has no `latency` (a Sluice that predates it).
-    pub latency: Option<Vec<DirectionLatency>>,
+    pub latency: Option<Vec<LatencySummary>>,
     /// Every level of every shaped egress that enqueued anything, by
     /// direction and level.
     pub egress: Vec<EgressLevel>,
@@ -131,7 +97,7 @@ pub struct FinalReport {
 struct RawReport {
     elapsed_secs: f64,
     #[serde(default)]
-    latency: Option<Vec<DirectionLatency>>,
+    latency: Option<Vec<LatencySummary>>,
     #[serde(default)]
     workers: Vec<RawWorker>,
 }
@@ -185,7 +151,7 @@ pub fn parse(text: &str, what: &str) -> Result<FinalReport, ReportError> {
             *classified.entry(step.clone()).or_default() += n;
         }
         for (i, s) in w.scheds.iter().enumerate() {
-            let (Some(s), Some(direction)) = (s, Direction::of_index(i)) else {
+            let (Some(s), Some(direction)) = (s, Direction::ALL.get(i).copied()) else {
                 continue;
             };
             for l in &s.levels {
@@ -278,7 +244,7 @@ pub fn hist_cdf(hist: &[(u64, u64)]) -> Vec<(u64, f64)> {
 /// The worst direction's p50 and p99, ns: an upper bound of both
 /// directions' joint percentiles (a mix cannot be worse than its worse
 /// part).
-pub fn worst_latency(dirs: &[DirectionLatency]) -> Option<(u64, u64)> {
+pub fn worst_latency(dirs: &[LatencySummary]) -> Option<(u64, u64)> {
     let p50 = dirs.iter().map(|d| d.p50_ns).max()?;
     let p99 = dirs.iter().map(|d| d.p99_ns).max()?;
     Some((p50, p99))
@@ -333,7 +299,7 @@ mod tests {
         assert_eq!(lat.len(), 2);
         assert_eq!(
             lat[0],
-            DirectionLatency {
+            LatencySummary {
                 direction: Direction::Upstream,
                 packets: 11,
                 p50_ns: 1280,

@@ -48,6 +48,41 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The legend (one line per series, from `top` down), the caption and the
+/// closing tag: the end of every chart.
+fn finish<'a>(
+    out: &mut String,
+    top: f64,
+    items: impl Iterator<Item = (&'a str, &'a str, bool)>,
+    height: f64,
+    caption: &str,
+) {
+    for (i, (label, color, dashed)) in items.enumerate() {
+        let y = top + 8.0 + 22.0 * i as f64;
+        let dash = if dashed {
+            r#" stroke-dasharray="5,4""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            r#"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            LEFT + 28.0,
+            color,
+            LEFT + 36.0,
+            y + 4.0,
+            esc(label)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r##"<text x="{LEFT}" y="{:.1}" fill="#555">{}</text>"##,
+        height - 10.0,
+        esc(caption)
+    );
+    out.push_str("</svg>\n");
+}
+
 fn panel(out: &mut String, x0: f64, x_labels: &[String], p: &Panel) {
     let plot_w = PANEL_W - LEFT - RIGHT;
     let plot_h = PANEL_H - TOP - BOTTOM;
@@ -168,30 +203,8 @@ pub fn chart(x_labels: &[String], panels: &[Panel], caption: &str) -> String {
     for (i, p) in panels.iter().enumerate() {
         panel(&mut out, PANEL_W * i as f64, x_labels, p);
     }
-    for (i, s) in legend.iter().enumerate() {
-        let y = PANEL_H + 8.0 + 22.0 * i as f64;
-        let dash = if s.dashed {
-            r#" stroke-dasharray="5,4""#
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            out,
-            r#"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            LEFT + 28.0,
-            s.color,
-            LEFT + 36.0,
-            y + 4.0,
-            esc(&s.label)
-        );
-    }
-    let _ = writeln!(
-        out,
-        r##"<text x="{LEFT}" y="{:.1}" fill="#555">{}</text>"##,
-        height - 10.0,
-        esc(caption)
-    );
-    out.push_str("</svg>\n");
+    let items = legend.iter().map(|s| (s.label.as_str(), s.color, s.dashed));
+    finish(&mut out, PANEL_H, items, height, caption);
     out
 }
 
@@ -335,25 +348,8 @@ pub fn cdf_chart(
             s.color
         );
     }
-    for (i, s) in series.iter().enumerate() {
-        let y = h + 8.0 + 22.0 * i as f64;
-        let _ = writeln!(
-            out,
-            r#"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            LEFT + 28.0,
-            s.color,
-            LEFT + 36.0,
-            y + 4.0,
-            esc(&s.label)
-        );
-    }
-    let _ = writeln!(
-        out,
-        r##"<text x="{LEFT}" y="{:.1}" fill="#555">{}</text>"##,
-        height - 10.0,
-        esc(caption)
-    );
-    out.push_str("</svg>\n");
+    let items = series.iter().map(|s| (s.label.as_str(), s.color, false));
+    finish(&mut out, h, items, height, caption);
     out
 }
 

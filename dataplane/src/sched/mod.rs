@@ -333,8 +333,9 @@ enum Taken<P> {
     Empty,
 }
 
-/// Per-level counters (the worker publishes them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Per-level counters (the worker publishes them; `stats` reads them back
+/// into a [`crate::stats::SchedLevelSnapshot`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LevelCounters {
     pub enqueued: u64,
     pub enqueued_bytes: u64,
@@ -344,6 +345,54 @@ pub struct LevelCounters {
     pub dropped_aqm: u64,
     pub depth: u64,
     pub depth_bytes: u64,
+}
+
+impl LevelCounters {
+    /// The counters as an array, in field order (how workers publish them).
+    pub fn to_array(self) -> [u64; 8] {
+        [
+            self.enqueued,
+            self.enqueued_bytes,
+            self.sent,
+            self.sent_bytes,
+            self.dropped_full,
+            self.dropped_aqm,
+            self.depth,
+            self.depth_bytes,
+        ]
+    }
+
+    /// The inverse of [`LevelCounters::to_array`].
+    pub fn from_array(a: [u64; 8]) -> LevelCounters {
+        let [enqueued, enqueued_bytes, sent, sent_bytes, dropped_full, dropped_aqm, depth, depth_bytes] =
+            a;
+        LevelCounters {
+            enqueued,
+            enqueued_bytes,
+            sent,
+            sent_bytes,
+            dropped_full,
+            dropped_aqm,
+            depth,
+            depth_bytes,
+        }
+    }
+
+    /// Another worker's counters of the same level, added.
+    pub fn add(&mut self, o: &LevelCounters) {
+        let (a, b) = (self.to_array(), o.to_array());
+        *self = LevelCounters::from_array(std::array::from_fn(|i| a[i] + b[i]));
+    }
+
+    /// What happened since `prev`; the depths stay current.
+    pub fn since(&self, prev: &LevelCounters) -> LevelCounters {
+        let (a, b) = (self.to_array(), prev.to_array());
+        LevelCounters {
+            depth: self.depth,
+            depth_bytes: self.depth_bytes,
+            ..LevelCounters::from_array(std::array::from_fn(|i| a[i].saturating_sub(b[i])))
+        }
+    }
 }
 
 struct Level<P> {
