@@ -109,7 +109,7 @@ const EXPIRE_EVERY: u32 = 256;
 /// Frames handled together by [`Pipeline::process_burst`]: enough misses
 /// in flight to hide the memory latency, few enough that the prefetched
 /// lines are still in L1 when used.
-const GROUP: usize = 16;
+const GROUP: usize = 32;
 const EXPIRE_BUDGET: usize = 64;
 
 impl Pipeline {
@@ -302,6 +302,7 @@ impl Pipeline {
                         }
                         if let Some(k) = p.flow_key(m.data(), dir) {
                             *slot = Some((p, k, self.flows.prefetch(&k)));
+                            self.tables.prefetch_stamp(&k);
                         }
                     }
                     Err(e) => c.parse_error(e),

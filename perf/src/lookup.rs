@@ -237,6 +237,7 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
             let mut hashes = [0u64; BURST];
             for (h, k) in hashes.iter_mut().zip(burst) {
                 *h = table.prefetch(k);
+                reader.prefetch_stamp(k);
             }
             for h in &hashes {
                 table.prefetch_entry(*h);

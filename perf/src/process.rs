@@ -148,6 +148,8 @@ pub enum Verdict {
 /// Runs `spec` with stdin from /dev/null. `on_line` sees every stdout line
 /// as it arrives; when it returns [`Verdict::Stop`], or `deadline` passes,
 /// the process gets SIGTERM, and SIGKILL if it is still alive `grace` later.
+/// The runner's own threads that read the child's output stay on the main
+/// core ([`pin_current_thread`]), off the worker's.
 pub fn run(
     spec: &CommandSpec,
     deadline: Duration,
@@ -171,6 +173,7 @@ pub fn run(
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = mpsc::channel::<Line>();
     thread::spawn(move || {
+        pin_current_thread(crate::bench::MAIN_LCORE);
         let mut r = BufReader::new(stdout);
         let mut buf = Vec::new();
         loop {
@@ -191,6 +194,7 @@ pub fn run(
     });
     let (etx, erx) = mpsc::channel::<String>();
     thread::spawn(move || {
+        pin_current_thread(crate::bench::MAIN_LCORE);
         let mut s = Vec::new();
         let _ = stderr.read_to_end(&mut s);
         let _ = etx.send(String::from_utf8_lossy(&s).into_owned());
@@ -293,6 +297,32 @@ pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false)
+}
+
+/// Restricts the calling thread to `core` (threads it spawns later inherit
+/// that), so that the runner's own work (control-socket clients, output
+/// readers) never lands on the worker's core while a measurement runs: on a
+/// real appliance nothing else runs on a worker core either. Done with
+/// `taskset -p` on the thread's id (read from `/proc/thread-self`): no
+/// unsafe code here. Best effort: a failure is reported once and ignored.
+pub fn pin_current_thread(core: u32) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let tid = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()));
+    let ok = tid.is_some_and(|tid| {
+        Command::new("taskset")
+            .args(["-p", "-c", &core.to_string(), &tid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !ok {
+        WARNED.call_once(|| {
+            eprintln!("warning: could not pin the runner's threads to core {core} (taskset)")
+        });
+    }
 }
 
 #[cfg(test)]

@@ -219,6 +219,10 @@ pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
     let driver = {
         let (tl, stop, finished) = (Arc::clone(&tl), Arc::clone(&stop), Arc::clone(&finished));
         std::thread::spawn(move || {
+            // The storm and the probe (spawned from here, so pinned too) are
+            // the control plane's clients: on the main core, with the
+            // control thread, never on the worker's.
+            crate::process::pin_current_thread(crate::bench::MAIN_LCORE);
             if let Err(e) = drive(&socket, t0, &tl, &stop) {
                 tl.lock().unwrap().error = Some(format!("{e:#}"));
             }

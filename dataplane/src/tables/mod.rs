@@ -598,6 +598,21 @@ impl TablesReader {
         self.snap.inert && self.shared.bindings.load(Ordering::Relaxed) == 0
     }
 
+    /// Prefetches the validity line a flow of `k` was stamped with (the
+    /// line of its subscriber), so that [`TablesReader::is_current`] on a
+    /// flow hit finds it in L1: issued with the flow-table prefetches of a
+    /// burst, its miss overlaps theirs instead of following the entry read.
+    #[inline]
+    pub fn prefetch_stamp(&self, k: &FlowKey) {
+        let subscriber = if k.direction == Direction::Upstream {
+            k.src
+        } else {
+            k.dst
+        };
+        let h = self.shared.hash(k.version, subscriber);
+        crate::dpdk::prefetch(self.shared.line(&h));
+    }
+
     /// Whether a flow's cached classification still holds: one compare and
     /// one relaxed load.
     #[inline]
