@@ -32,6 +32,7 @@
 #![deny(unsafe_code)]
 
 pub mod bench;
+pub mod control_path;
 pub mod corpus;
 pub mod lookup;
 pub mod machine;

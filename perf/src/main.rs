@@ -257,6 +257,7 @@ fn real_main(args: Args) -> Result<(), Failure> {
             Scenario::Pipeline => sluice_perf::pipeline::pipeline(&mut bench),
             Scenario::Congestion => sluice_perf::pipeline::congestion(&mut bench),
             Scenario::Updates => sluice_perf::updates::updates(&mut bench),
+            Scenario::Control => sluice_perf::control_path::control(&mut bench),
             Scenario::Pktgen => sluice_perf::pktgen::pktgen(&mut bench),
             _ => unreachable!("only available scenarios are run"),
         };

@@ -16,6 +16,7 @@ pub enum Scenario {
     Pipeline,
     Congestion,
     Updates,
+    Control,
     Pktgen,
 }
 
@@ -33,7 +34,7 @@ pub enum Availability {
 pub const PKTGEN_MISSING: &str = "pktgen not on PATH; see perf/README.md";
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Forward,
         Scenario::Sizes,
         Scenario::QosSched,
@@ -44,6 +45,7 @@ impl Scenario {
         Scenario::Pipeline,
         Scenario::Congestion,
         Scenario::Updates,
+        Scenario::Control,
         Scenario::Pktgen,
     ];
 
@@ -63,6 +65,7 @@ impl Scenario {
             Scenario::Pipeline => "pipeline",
             Scenario::Congestion => "congestion",
             Scenario::Updates => "updates",
+            Scenario::Control => "control",
             Scenario::Pktgen => "pktgen",
         }
     }
@@ -104,6 +107,9 @@ impl Scenario {
             Scenario::Updates => {
                 "update storm through the control socket during the full pipeline: forwarding loss, updates/s, ack -> effect"
             }
+            Scenario::Control => {
+                "the control path per binding update, by phase (parse, validate, journal, mirror), in process at 1M coupons"
+            }
             Scenario::Pktgen => {
                 "Sluice on memif driven by Pktgen-DPDK (64 B line rate command file), if pktgen is installed"
             }
@@ -119,7 +125,8 @@ impl Scenario {
             | Scenario::Classify
             | Scenario::Pipeline
             | Scenario::Congestion
-            | Scenario::Updates => Available,
+            | Scenario::Updates
+            | Scenario::Control => Available,
             Scenario::Police => NeedsFeature(
                 "a scenario of its own (meters already run inside `pipeline`: every coupon flow is metered)",
             ),

@@ -89,7 +89,7 @@ fn probe_row(level: &str) -> Value {
     }]})
 }
 
-fn storm_request(pass: u32, start: u32) -> Value {
+pub fn storm_request(pass: u32, start: u32) -> Value {
     let dscp = if pass.is_multiple_of(2) { 34 } else { 46 };
     let entries: Vec<Value> = (start..start + STORM_BATCH)
         .map(|i| {

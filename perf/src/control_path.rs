@@ -1,0 +1,266 @@
+//! The `control` scenario: where a binding update's time goes on the control
+//! path, in process, phase by phase, at the `updates` scenario's scale.
+//!
+//! It builds what the control thread holds (a stored policy with the 1M
+//! bulk coupons and the workers' tables loaded from it), then replays the
+//! `updates` storm's requests (10,000 coupon rows each, DSCP flipping) and
+//! times each step the control thread takes for one request:
+//! 1. **parse**: the JSON line into validated changes ([`parse_request`]);
+//! 2. **touched**: which subscribers the batch touches;
+//! 3. **validate + apply**: the same batch on an in-memory copy of the
+//!    policy (no store): the policy model's own cost;
+//! 4. **validate + apply + journal**: the real commit (journal record,
+//!    `fdatasync`); the journal's cost is the difference with 3;
+//! 5. **mirror**: the touched subscribers' records rewritten in the
+//!    workers' tables ([`Mirror::sync`]).
+//!
+//! No socket and no worker: this is the control thread's work per update,
+//! which bounds the rate `updates` can reach through the socket.
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::json;
+use sluice_control::policy::{parse_request, Change, Policy, Request, StoreOptions};
+use sluice_dataplane::mirror::Mirror;
+use sluice_dataplane::sched::meter::MeterTable;
+use sluice_dataplane::tables::TablesConfig;
+
+use crate::bench::{Bench, LoadWatch};
+use crate::corpus::{bulk_coupon, POPULATED_LOGINS};
+use crate::report::{ScenarioReport, Table};
+use crate::updates::{storm_request, STORM_BATCH};
+
+/// Storm requests timed (after one untimed warm-up request).
+const REQUESTS: u32 = 30;
+
+/// One phase's cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: &'static str,
+    /// Mean nanoseconds per row.
+    pub ns_per_row: f64,
+}
+
+/// What the scenario measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlReport {
+    pub rows_in_store: u32,
+    pub rows_per_request: u32,
+    pub requests: u32,
+    pub phases: Vec<Phase>,
+    /// Rows per second through the whole control path (parse, touched,
+    /// commit, mirror), the ceiling of `updates`.
+    pub rows_per_sec: f64,
+    /// Commits that also wrote a snapshot (compaction) and their mean
+    /// time, milliseconds; their time is included in the commit phase.
+    pub compactions: usize,
+    pub compacting_commit_ms: f64,
+    /// Rows per second loading the store in the first place (`add`
+    /// batches of 10,000 through the same commit, journal included).
+    pub add_rows_per_sec: f64,
+}
+
+fn changes_of(line: &str) -> Result<Vec<Change>> {
+    match parse_request(line) {
+        Ok(Request::Apply { changes, .. }) => Ok(changes),
+        Ok(_) => bail!("not a batch"),
+        Err(e) => bail!("bad generated request: {e}"),
+    }
+}
+
+/// Builds the store (`stored` bulk coupons) and tables and times
+/// `requests` storm requests.
+pub fn run(dir: &std::path::Path, stored_rows: u32, requests: u32) -> Result<ControlReport> {
+    if stored_rows < 2 * STORM_BATCH || requests == 0 {
+        bail!(
+            "need at least {} stored rows and one request",
+            2 * STORM_BATCH
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let (mut stored, _) = Policy::open(dir, StoreOptions::default())
+        .with_context(|| format!("opening a policy store in {}", dir.display()))?;
+    let mut memory = Policy::in_memory();
+    let t = Instant::now();
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..stored_rows {
+        batch.push(bulk_coupon(i));
+        if batch.len() == 10_000 || i + 1 == stored_rows {
+            let line = json!({"op": "add", "table": "coupon"}).to_string();
+            let line = format!(
+                "{},\"entries\":[{}]}}",
+                line.trim_end_matches('}'),
+                batch.join(",")
+            );
+            let changes = changes_of(&line)?;
+            stored
+                .commit(&changes)
+                .map_err(|e| anyhow::anyhow!("loading the store: {e}"))?;
+            memory
+                .commit(&changes)
+                .map_err(|e| anyhow::anyhow!("loading the copy: {e}"))?;
+            batch.clear();
+        }
+    }
+    let add_rows_per_sec = f64::from(stored_rows) / t.elapsed().as_secs_f64() * 2.0;
+    let mut mirror = Mirror::load(
+        TablesConfig {
+            sp_address_capacity: 1,
+            coupon_capacity: stored_rows + 4096,
+            login_capacity: 1024,
+            ..TablesConfig::default()
+        },
+        MeterTable::new(1024),
+        stored.state(),
+    )
+    .map_err(|e| anyhow::anyhow!("loading the tables: {e:?}"))?;
+    let mut ns = [0f64; 5];
+    // Commits that compacted the store: (rows of the request, ns).
+    let mut compacting: Vec<f64> = Vec::new();
+    let compactions = |p: &Policy| p.store().map_or(0, |s| s.stats().compactions);
+    let mut next = 0u32;
+    for k in 0..=requests {
+        let line = storm_request(k + 1, next).to_string();
+        next = (next + STORM_BATCH) % (stored_rows - STORM_BATCH);
+        let t0 = Instant::now();
+        let changes = changes_of(&line)?;
+        let t1 = Instant::now();
+        let touched = stored.state().touched(&changes);
+        let t2 = Instant::now();
+        memory
+            .commit(&changes)
+            .map_err(|e| anyhow::anyhow!("in-memory commit: {e}"))?;
+        let before = compactions(&stored);
+        let t3 = Instant::now();
+        stored
+            .commit(&changes)
+            .map_err(|e| anyhow::anyhow!("commit: {e}"))?;
+        let t4 = Instant::now();
+        let compacted = compactions(&stored) != before;
+        mirror.sync(stored.state(), &touched);
+        let t5 = Instant::now();
+        if k == 0 {
+            continue; // warm-up
+        }
+        if compacted {
+            compacting.push(t4.duration_since(t3).as_nanos() as f64);
+        }
+        for (acc, (a, b)) in ns
+            .iter_mut()
+            .zip([(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)])
+        {
+            *acc += b.duration_since(a).as_nanos() as f64;
+        }
+    }
+    if mirror.stats().errors > 0 {
+        bail!("the mirror refused rows: {:?}", mirror.stats().last_error);
+    }
+    let rows = f64::from(requests) * f64::from(STORM_BATCH);
+    let per_row = |i: usize| ns[i] / rows;
+    let phases = vec![
+        Phase {
+            name: "parse (JSON -> validated changes)",
+            ns_per_row: per_row(0),
+        },
+        Phase {
+            name: "touched subscribers",
+            ns_per_row: per_row(1),
+        },
+        Phase {
+            name: "validate + apply (policy model, in memory)",
+            ns_per_row: per_row(2),
+        },
+        Phase {
+            name: "validate + apply + journal (the real commit)",
+            ns_per_row: per_row(3),
+        },
+        Phase {
+            name: "mirror into the workers' tables",
+            ns_per_row: per_row(4),
+        },
+    ];
+    // The control thread runs 1, 2, 4 and 5 (3 is only the comparison).
+    let total = per_row(0) + per_row(1) + per_row(3) + per_row(4);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(ControlReport {
+        rows_in_store: stored_rows,
+        rows_per_request: STORM_BATCH,
+        requests,
+        phases,
+        rows_per_sec: 1e9 / total,
+        compactions: compacting.len(),
+        compacting_commit_ms: compacting.iter().sum::<f64>() / compacting.len().max(1) as f64 / 1e6,
+        add_rows_per_sec,
+    })
+}
+
+pub fn control(bench: &mut Bench) -> Result<ScenarioReport> {
+    let load = LoadWatch::start();
+    let dir = bench.opts.work_dir.join("control-path-state");
+    let r = run(&dir, POPULATED_LOGINS, REQUESTS)?;
+    let mut table = Table::new(["phase (one 10k-row update request)", "ns per row"]);
+    for p in &r.phases {
+        table.row([p.name.to_owned(), format!("{:.0}", p.ns_per_row)]);
+    }
+    let mut figures = Table::new(["figure", "value", "target"]);
+    figures.row([
+        "rows per second through the control path (parse, commit, mirror)".to_owned(),
+        format!("{:.0}", r.rows_per_sec),
+        "≥ 1,000,000".to_owned(),
+    ]);
+    figures.row([
+        "commits that compacted the store (included above), mean ms each".to_owned(),
+        format!("{} , {:.0} ms", r.compactions, r.compacting_commit_ms),
+        "—".to_owned(),
+    ]);
+    figures.row([
+        "rows per second loading the store (add, 10k-row batches, store + copy)".to_owned(),
+        format!("{:.0}", r.add_rows_per_sec),
+        "—".to_owned(),
+    ]);
+    bench.commands.push(format!(
+        "sluice-perf control (in process: {} stored coupons, {} requests of {} updated rows)",
+        r.rows_in_store, r.requests, r.rows_per_request
+    ));
+    Ok(ScenarioReport {
+        name: "control".into(),
+        title: "the control path's cost per binding update, by phase, in process".into(),
+        tables: vec![table, figures],
+        notes: vec![
+            "Method: a stored policy with the 1M bulk coupons of `updates` and the workers' \
+             tables loaded from it, in this process; then the `updates` storm's requests \
+             (10,000 coupon rows each, DSCP flipping) go through the control thread's steps \
+             one at a time, each timed: parse, touched subscribers, the commit (validation, \
+             apply, journal record and fdatasync) and the mirror into the tables. The same \
+             batch is also applied to an in-memory copy of the policy, to separate the \
+             model's cost from the journal's. Rows per second is 1 / (parse + touched + \
+             commit + mirror): the ceiling of `updates`, which adds the socket and shares the \
+             machine with a forwarding worker."
+                .into(),
+            load.finish(),
+        ],
+        commands: std::mem::take(&mut bench.commands),
+        files: vec![],
+        inputs: vec![],
+        data: serde_json::to_value(&r)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scenario at a small scale: every phase runs, the mirror takes
+    /// every row, and the figures are sane.
+    #[test]
+    fn phases_run_at_small_scale() {
+        let dir = std::env::temp_dir().join(format!("sluice-perf-control-{}", std::process::id()));
+        let r = run(&dir, 3 * STORM_BATCH, 2).expect("runs");
+        assert_eq!(r.phases.len(), 5);
+        assert!(r.phases.iter().all(|p| p.ns_per_row > 0.0), "{r:?}");
+        assert!(r.rows_per_sec > 0.0 && r.add_rows_per_sec > 0.0);
+        assert!(!dir.exists(), "the scratch store is removed");
+        assert!(run(&dir, 10, 1).is_err());
+    }
+}
