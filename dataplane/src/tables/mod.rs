@@ -81,9 +81,13 @@
 //! it classifies again. A stamp is (validity line, line version, snapshot
 //! generation):
 //! - The **validity lines** are an array of `AtomicU32` counters
-//!   ([`TablesConfig::validity_lines`], default 65 536 = 256 KiB, so it stays
-//!   in cache), shared by the three maps and indexed by a hash of the
-//!   subscriber address. The writer bumps the key's line (release) *after*
+//!   ([`TablesConfig::validity_lines`], default 1 Mi = 4 MiB: the worker
+//!   prefetches a flow's line together with its flow-table bucket, so the
+//!   array need not fit a cache, and with 2M bindings a line is shared by
+//!   ~2 subscribers instead of 32: an update storm on other subscribers
+//!   re-classified enough of the benchmark's flows with 64 Ki lines to cost
+//!   ~1 % of forwarding), shared by the three maps and indexed by a hash of
+//!   the subscriber address. The writer bumps the key's line (release) *after*
 //!   every insert, update or removal of that key in any map; the classifier
 //!   loads it (acquire) *before* its lookups. So a stamp is current only
 //!   if no change to the subscriber's bindings completed since the lookups
@@ -215,13 +219,13 @@ pub struct TablesConfig {
 
 impl Default for TablesConfig {
     /// 64 Ki SP addresses, 1 Mi coupons, 1 Mi logins (about 170 MB),
-    /// 64 Ki validity lines.
+    /// 1 Mi validity lines.
     fn default() -> Self {
         TablesConfig {
             sp_address_capacity: 1 << 16,
             coupon_capacity: 1 << 20,
             login_capacity: 1 << 20,
-            validity_lines: 1 << 16,
+            validity_lines: 1 << 20,
             seed: 0x5107_ce7a_b1e5_0f00,
         }
     }
