@@ -106,7 +106,7 @@
 //!   index (two entries), 4 bytes of free list; at most 100 bytes when the
 //!   bucket count rounds up. Fixed at construction
 //!   ([`TablesWriter::memory_bytes`]); 176 MB for the default 64 Ki + 1 Mi +
-//!   1 Mi.
+//!   1 Mi, plus 4 MiB of validity lines (2 bytes per binding at 2 Mi).
 //! - Inserts: about 2.9 M/s on one writer thread.
 //! - `classify` with 1 Mi + 1 Mi bindings and random subscribers: about
 //!   1 200-1 500 TSC cycles when the coupon hits, 650-800 with no binding
