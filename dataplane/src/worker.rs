@@ -108,10 +108,13 @@ const EXPIRE_EVERY: u32 = 256;
 
 /// Frames handled together by [`Pipeline::process_burst`]: enough misses
 /// in flight to hide the memory latency (each group pays one bucket-then-
-/// entry round trip; in the `classify` benchmark at 4M flows, groups of 16
-/// cost 123 cycles per flow hit against 84-93 with 32), few enough that
-/// the ~4 lines prefetched per frame (8 KiB a group) are still in L1.
+/// entry round trip: with the `classify` benchmark's burst, `BURST` in
+/// perf/src/lookup.rs, set to 16 a flow hit at 4M flows cost 123 cycles
+/// against 84-93 at 32), few enough that the ~4 lines prefetched per frame
+/// (8 KiB a group) are still in L1.
 const GROUP: usize = 32;
+// A group's consumed frames are a bit mask in a u32.
+const _: () = assert!(GROUP <= 32);
 const EXPIRE_BUDGET: usize = 64;
 
 impl Pipeline {

@@ -29,6 +29,8 @@
 //! - [`lookup`]: the in-process flow/policy lookup benchmark at scale.
 //! - [`updates`]: an update storm through the control socket during the
 //!   full pipeline (loss, updates/s, ack → effect).
+//! - [`control_path`]: the control thread's steps per binding update, timed
+//!   in process.
 #![deny(unsafe_code)]
 
 pub mod bench;

@@ -95,6 +95,37 @@ fn probe_row(level: &str) -> Value {
     }]})
 }
 
+/// The storm's walk over the bulk coupons: consecutive requests take the
+/// next [`STORM_BATCH`] rows, and each pass over all of them flips their
+/// DSCP (the first pass writes 34 over the 46 they were stored with), so
+/// every row of every request changes something.
+pub struct Sweep {
+    rows: u32,
+    pass: u32,
+    next: u32,
+}
+
+impl Sweep {
+    /// A walk over coupons `f0` .. `f{rows - 1}`.
+    pub fn new(rows: u32) -> Sweep {
+        Sweep {
+            rows: rows.max(STORM_BATCH),
+            pass: 0,
+            next: 0,
+        }
+    }
+
+    pub fn next_request(&mut self) -> Value {
+        let req = storm_request(self.pass, self.next);
+        self.next += STORM_BATCH;
+        if self.next + STORM_BATCH > self.rows {
+            self.next = 0;
+            self.pass += 1;
+        }
+        req
+    }
+}
+
 pub fn storm_request(pass: u32, start: u32) -> Value {
     let dscp = if pass.is_multiple_of(2) { 34 } else { 46 };
     let entries: Vec<Value> = (start..start + STORM_BATCH)
@@ -147,8 +178,7 @@ fn drive(socket: &Path, t0: Instant, tl: &Mutex<Timeline>, stop: &AtomicBool) ->
             Ok(out)
         })
     };
-    let mut pass = 0u32;
-    let mut next = 0u32;
+    let mut sweep = Sweep::new(1 << 20);
     for (k, storm_phase) in PHASES.into_iter().enumerate() {
         let start = begin + Duration::from_secs_f64(PHASE_SECS * k as f64);
         let end = start + Duration::from_secs_f64(PHASE_SECS);
@@ -162,16 +192,11 @@ fn drive(socket: &Path, t0: Instant, tl: &Mutex<Timeline>, stop: &AtomicBool) ->
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
-            let req = storm_request(pass, next);
+            let req = sweep.next_request();
             let s = Instant::now();
             storm.call(&req).context("storm request")?;
             tl.lock().unwrap().batch_rtt.push(s.elapsed().as_secs_f64());
             rows += u64::from(STORM_BATCH);
-            next += STORM_BATCH;
-            if next + STORM_BATCH > 1 << 20 {
-                next = 0;
-                pass += 1;
-            }
         }
         let mut t = tl.lock().unwrap();
         t.phases
@@ -272,7 +297,7 @@ pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
         );
     }
     let samples = sluice::samples(f.stdout.iter().map(|l| (l.t, l.text.as_str())));
-    let mut phases = Table::new(["phase", "Mpps", "vs quiet"]);
+    let mut phases = Table::new(["phase", "Mpps", "vs quiet mean", "loss vs neighbours"]);
     let rates: Vec<(bool, Option<f64>)> = tl
         .phases
         .iter()
@@ -286,15 +311,21 @@ pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
             .collect();
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
-    let (quiet, stormy) = (mean(false), mean(true));
+    let quiet = mean(false);
     for (i, (storm, r)) in rates.iter().enumerate() {
+        // A storm's loss against the quiet phases around it, as in the
+        // figure below.
+        let loss = (*storm)
+            .then(|| rates.get(i.wrapping_sub(1)..i + 2))
+            .flatten()
+            .and_then(|w| bracketed_losses(w).first().copied());
         phases.row([
             format!("{} {}", i + 1, if *storm { "storm" } else { "quiet" }),
             fmt_opt(r.map(|x| x / 1e6), 2),
             fmt_opt(r.zip(quiet).map(|(x, q)| x / q), 3),
+            loss.map_or(String::new(), |l| format!("{:.2} %", l * 100.0)),
         ]);
     }
-    let _ = stormy;
     let losses = bracketed_losses(&rates);
     let loss = (!losses.is_empty()).then(|| losses.iter().sum::<f64>() / losses.len() as f64);
     let spread = losses.iter().fold(None, |a: Option<(f64, f64)>, &l| {
@@ -433,6 +464,21 @@ mod tests {
         assert!((l[1] - (1.0 - 90.0 / 98.0)).abs() < 1e-12);
         assert_eq!(PHASES.iter().filter(|&&s| s).count(), 4);
         assert!(!PHASES[0] && !PHASES[PHASES.len() - 1]);
+    }
+
+    #[test]
+    fn every_storm_row_changes() {
+        let dscp = |v: &Value| v["entries"][0]["decision"]["dscp"].as_u64();
+        let first = |v: &Value| v["entries"][0]["id"].as_str().map(str::to_owned);
+        let mut w = Sweep::new(3 * STORM_BATCH);
+        let reqs: Vec<Value> = (0..6).map(|_| w.next_request()).collect();
+        // Stored rows carry DSCP 46: the first pass writes 34, the next 46.
+        let got: Vec<_> = reqs.iter().map(|r| (first(r), dscp(r))).collect();
+        let want: Vec<_> = [(0, 34), (1, 34), (2, 34), (0, 46), (1, 46), (2, 46)]
+            .iter()
+            .map(|&(k, d)| (Some(format!("f{}", k * STORM_BATCH)), Some(d)))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -218,8 +218,8 @@ pub struct TablesConfig {
 }
 
 impl Default for TablesConfig {
-    /// 64 Ki SP addresses, 1 Mi coupons, 1 Mi logins (about 170 MB),
-    /// 1 Mi validity lines.
+    /// 64 Ki SP addresses, 1 Mi coupons, 1 Mi logins (about 176 MB),
+    /// 1 Mi validity lines (4 MiB).
     fn default() -> Self {
         TablesConfig {
             sp_address_capacity: 1 << 16,
@@ -608,13 +608,19 @@ impl TablesReader {
     /// burst, its miss overlaps theirs instead of following the entry read.
     #[inline]
     pub fn prefetch_stamp(&self, k: &FlowKey) {
+        crate::dpdk::prefetch(self.shared.line(&self.subscriber_hash(k)));
+    }
+
+    /// The hash of the subscriber end of `k` (the source upstream, the
+    /// destination downstream): its bindings' key and its validity line.
+    #[inline]
+    fn subscriber_hash(&self, k: &FlowKey) -> KeyHash {
         let subscriber = if k.direction == Direction::Upstream {
             k.src
         } else {
             k.dst
         };
-        let h = self.shared.hash(k.version, subscriber);
-        crate::dpdk::prefetch(self.shared.line(&h));
+        self.shared.hash(k.version, subscriber)
     }
 
     /// Whether a flow's cached classification still holds: one compare and
@@ -634,8 +640,7 @@ impl TablesReader {
     pub fn classify(&self, k: &FlowKey) -> Classified {
         let snap = &*self.snap;
         let upstream = k.direction == Direction::Upstream;
-        let subscriber = if upstream { k.src } else { k.dst };
-        let h = self.shared.hash(k.version, subscriber);
+        let h = self.subscriber_hash(k);
         let line = h.line_bits() & self.shared.line_mask;
         // Acquire: the changes whose bump we see are visible to the lookups.
         let version = self.shared.line(&h).load(Ordering::Acquire);
