@@ -24,6 +24,37 @@ fn dscp_runs(pcap: &Path, filter: &str) -> (Vec<String>, usize) {
     (runs, all.len())
 }
 
+/// What tshark says of each of `frames` (by number): enough to tell which
+/// side sent it and what was wrong, should a checksum check fail.
+fn describe_frames(pcap: &std::path::Path, frames: &[String]) -> String {
+    const FIELDS: [&str; 11] = [
+        "ip.src",
+        "tcp.srcport",
+        "ip.dst",
+        "tcp.dstport",
+        "ip.dsfield.dscp",
+        "tcp.flags.str",
+        "tcp.len",
+        "frame.len",
+        "frame.cap_len",
+        "ip.checksum.status",
+        "tcp.checksum.status",
+    ];
+    frames
+        .iter()
+        .take(5)
+        .map(|n| {
+            let filter = format!("frame.number == {n}");
+            let values: Vec<String> = FIELDS
+                .iter()
+                .map(|f| format!("{f}={}", tshark_fields(pcap, &filter, f).join(",")))
+                .collect();
+            format!("frame {n}: {}", values.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn ok(out: &std::process::Output) -> String {
     assert!(out.status.success(), "{}", describe(out));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -108,7 +139,11 @@ fn a_coupon_added_mid_transfer_marks_the_flow_and_its_removal_unmarks_it() {
         "ip.checksum.status == 0 || tcp.checksum.status == 0",
         "frame.number",
     );
-    assert!(bad.is_empty(), "bad checksums in frames {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "bad checksums in frames {bad:?}:\n{}",
+        describe_frames(&pcap, &bad)
+    );
 
     // The counters saw it: the flow was classified by the coupon (the
     // tables were inert before it, so that was the flow's first lookup),
