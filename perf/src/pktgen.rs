@@ -47,17 +47,10 @@ pub fn sluice_devices(socket: &Path) -> [String; 2] {
 /// Pktgen's command line: lcores 2-4 (main 2, port 0 on 3, port 1 on 4),
 /// memif client ports paired by id with Sluice's, no hugepages.
 pub fn pktgen_command(socket: &Path, pkt_file: &Path, file_prefix: &str) -> CommandSpec {
-    let mut c = CommandSpec::new("pktgen").args([
-        "-l",
-        "2-4",
-        "--file-prefix",
-        file_prefix,
-        "--no-huge",
-        "-m",
-        "1024",
-        "--no-shconf",
-        "--no-pci",
-    ]);
+    let mut c = CommandSpec::new("pktgen")
+        .args(["-l", "2-4"])
+        .private_eal(file_prefix, 1024)
+        .arg("--no-pci");
     for i in 0..2 {
         c = c.args([
             "--vdev".to_owned(),

@@ -43,6 +43,20 @@ impl CommandSpec {
         self
     }
 
+    /// The EAL arguments every DPDK tool the runner starts shares: its own
+    /// `--file-prefix` (runs never collide), no hugepages, `mem_mb` of
+    /// memory, no shared config.
+    pub fn private_eal(self, file_prefix: &str, mem_mb: u32) -> CommandSpec {
+        self.args([
+            "--file-prefix".to_owned(),
+            file_prefix.to_owned(),
+            "--no-huge".to_owned(),
+            "-m".to_owned(),
+            mem_mb.to_string(),
+            "--no-shconf".to_owned(),
+        ])
+    }
+
     /// Prefixes `stdbuf -oL`, so that a C program's stdout is line-buffered
     /// even into a pipe and each line arrives (and is timed) when printed.
     pub fn line_buffered(self) -> CommandSpec {

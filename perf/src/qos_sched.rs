@@ -173,15 +173,9 @@ pub fn command(
     mbufs: u32,
     profile: &Path,
 ) -> CommandSpec {
-    let mut c = CommandSpec::new(bin.to_string_lossy()).args(layout.eal.iter().cloned());
-    c = c.args([
-        "--file-prefix",
-        file_prefix,
-        "--no-huge",
-        "-m",
-        "1024",
-        "--no-shconf",
-    ]);
+    let mut c = CommandSpec::new(bin.to_string_lossy())
+        .args(layout.eal.iter().cloned())
+        .private_eal(file_prefix, 1024);
     for d in devices {
         c = c.args(["--vdev", d]);
     }

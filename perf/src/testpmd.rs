@@ -60,18 +60,14 @@ pub struct Setup {
 
 /// `stdbuf -oL dpdk-testpmd <EAL> -- --forward-mode=<mode> --auto-start --stats-period 1 ...`
 pub fn command(bin: &str, setup: &Setup, mode: FwdMode, file_prefix: &str) -> CommandSpec {
-    let mut c = CommandSpec::new(bin).args([
-        "-l".to_owned(),
-        setup.lcores.clone(),
-        "--main-lcore".to_owned(),
-        setup.main_lcore.to_string(),
-        "--file-prefix".to_owned(),
-        file_prefix.to_owned(),
-        "--no-huge".to_owned(),
-        "-m".to_owned(),
-        setup.mem_mb.to_string(),
-        "--no-shconf".to_owned(),
-    ]);
+    let mut c = CommandSpec::new(bin)
+        .args([
+            "-l".to_owned(),
+            setup.lcores.clone(),
+            "--main-lcore".to_owned(),
+            setup.main_lcore.to_string(),
+        ])
+        .private_eal(file_prefix, setup.mem_mb);
     for d in &setup.devices {
         c = c.args(["--vdev", d]);
     }
