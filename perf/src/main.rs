@@ -3,6 +3,11 @@
 //! 0 ok, 1 a measurement failed, 2 bad usage or nothing that can run.
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// The appliance's allocator (see `src/bin/sluice.rs`), so that the
+/// in-process scenarios (`control`, `classify`) measure what it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};

@@ -11,6 +11,16 @@ use clap::Parser;
 use sluice_control::config::{Config, DEFAULT_TOML};
 use sluice_dataplane::app::{self, RunOptions};
 
+/// mimalloc rather than glibc's malloc for the control thread's batches:
+/// a 10k-row update request allocates and frees tens of thousands of small
+/// rows, and glibc's trimming returned multi-megabyte buffers to the
+/// kernel only to fault them in again on the next request. `sluice-perf
+/// control` measured the control path about 1.3x faster per row with it.
+/// DPDK's own memory (mbufs, rings) does not come from here, and workers
+/// do not allocate on the fast path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sluice: a transparent DPDK bump-in-the-wire that gives each packet the
 /// treatment its owner paid for.
 ///
