@@ -547,7 +547,7 @@ impl Store {
     /// Appends the encoded record `rec` to the journal and syncs it.
     fn write_journal(&mut self, rec: &[u8]) -> Result<(), StoreError> {
         let path = self.dir.join(JOURNAL);
-        if let Err(e) = self.journal.write_all(&rec) {
+        if let Err(e) = self.journal.write_all(rec) {
             // Cut off whatever part was written, so the next record does
             // not follow garbage.
             if let Err(t) = self.journal.set_len(self.journal_bytes) {
