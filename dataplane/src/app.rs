@@ -462,7 +462,8 @@ impl Dataplane for AppDataplane {
             .collect();
         let capacity: u64 = Table::ALL.iter().map(|&t| u64::from(w.capacity(t))).sum();
         let snap = w.snapshot();
-        let mut levels = [[0u64; 2]; crate::stats::LEVELS];
+        // packets, bytes, flows entered, latest entry (TSC) per level.
+        let mut levels = [[0u64; 4]; crate::stats::LEVELS];
         let mut classified = std::collections::BTreeMap::<String, u64>::new();
         let (mut reclassified, mut flows) = (0, 0);
         for (lcore, c) in &self.workers {
@@ -471,6 +472,8 @@ impl Dataplane for AppDataplane {
                 if let Some(x) = levels.get_mut(usize::from(l.level)) {
                     x[0] += l.packets;
                     x[1] += l.bytes;
+                    x[2] += l.flows_entered;
+                    x[3] = x[3].max(l.last_entered_tsc);
                 }
             }
             for (k, v) in s.classified {
@@ -482,7 +485,10 @@ impl Dataplane for AppDataplane {
         let levels: Vec<serde_json::Value> = levels
             .iter()
             .enumerate()
-            .map(|(i, [p, b])| serde_json::json!({"level": i, "packets": p, "bytes": b}))
+            .map(|(i, [p, b, n, at])| {
+                serde_json::json!({"level": i, "packets": p, "bytes": b,
+                    "flows_entered": n, "last_entered_tsc": at})
+            })
             .collect();
         Some(serde_json::json!({
             "tables": tables,

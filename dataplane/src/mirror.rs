@@ -62,7 +62,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
-use sluice_control::policy::{self, PolicyState, Touched};
+use sluice_control::policy::{self, PolicyState, Rows, Touched};
 
 use crate::packet::{ActionSet, Dscp};
 use crate::sched::MeterTable;
@@ -171,22 +171,14 @@ impl Mirror {
             stats: MirrorStats::default(),
         };
         m.publish(state)?;
-        let mut subscribers: Vec<IpAddr> = state
+        let subscribers = state
             .coupons()
-            .map(|c| c.subscriber())
-            .chain(state.logins().map(|l| l.subscriber()))
+            .map(|c| (c.subscriber(), Rows::COUPONS))
+            .chain(state.logins().map(|l| (l.subscriber(), Rows::LOGIN)))
             .collect();
-        subscribers.sort_unstable();
-        subscribers.dedup();
         // A subscriber that does not fit is counted, as in `sync`: the
         // appliance starts with what fits rather than not at all.
-        m.sync(
-            state,
-            &Touched {
-                subscribers,
-                prefix_policy: false,
-            },
-        );
+        m.sync(state, &Touched::new(subscribers, false));
         Ok(m)
     }
 
@@ -227,14 +219,14 @@ impl Mirror {
                                 .tier(l.tier())
                                 .is_some_and(|t| t.decision().rate().is_some())
                     })
-                    .map(|l| l.subscriber()),
+                    .map(|l| (l.subscriber(), Rows::LOGIN))
+                    .filter(|&(a, _)| touched.rows(a).is_none_or(|r| !r.login)),
             );
-            extra.retain(|a| !touched.subscribers.contains(a));
         }
         let mut refused = 0u64;
         let mut first = None;
-        for &s in touched.subscribers.iter().chain(&extra) {
-            let ops = self.ops_for(state, s);
+        for &(s, rows) in touched.subscribers.iter().chain(&extra) {
+            let ops = self.ops_for(state, s, rows);
             self.stats.subscribers += 1;
             match self.writer.apply(&ops) {
                 Ok(()) => self.stats.ops += ops.len() as u64,
@@ -262,10 +254,53 @@ impl Mirror {
         self.stats.last_error = Some(why);
     }
 
-    /// The table operations that make `s`'s records equal to the state's.
-    fn ops_for(&mut self, state: &PolicyState, s: IpAddr) -> Vec<Op> {
+    /// The table operations that make `s`'s records of the tables in
+    /// `rows` equal to the state's; its other records, and their meters,
+    /// are left as they are.
+    fn ops_for(&mut self, state: &PolicyState, s: IpAddr, rows: Rows) -> Vec<Op> {
         let mut ops = Vec::new();
-        let mut keys = Vec::new();
+        // The meters of the rows not re-derived stay the subscriber's.
+        let mut keys: Vec<String> = match self.sub_meters.get(&s) {
+            Some(old) if rows != Rows::ALL => old
+                .iter()
+                .filter(|k| {
+                    if k.starts_with("c:") {
+                        !rows.coupons
+                    } else {
+                        !rows.login
+                    }
+                })
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        if rows.coupons {
+            self.coupon_ops(state, s, &mut ops, &mut keys);
+        }
+        if rows.login {
+            self.login_ops(state, s, &mut ops, &mut keys);
+        }
+        let old = if keys.is_empty() {
+            self.sub_meters.remove(&s)
+        } else {
+            self.sub_meters.insert(s, keys.clone())
+        };
+        for k in old.unwrap_or_default() {
+            if !keys.contains(&k) {
+                self.meters.release(&k, &mut self.stats);
+            }
+        }
+        ops
+    }
+
+    /// The operations for `s`'s coupon records; new meter keys go to `keys`.
+    fn coupon_ops(
+        &mut self,
+        state: &PolicyState,
+        s: IpAddr,
+        ops: &mut Vec<Op>,
+        keys: &mut Vec<String>,
+    ) {
         let mut want: Vec<Binding> = Vec::new();
         for c in state.coupons_of(s) {
             let mut b = coupon_binding(c);
@@ -290,6 +325,16 @@ impl Mirror {
             subscriber: s,
             binding,
         }));
+    }
+
+    /// The operation for `s`'s login record; its meter key goes to `keys`.
+    fn login_ops(
+        &mut self,
+        state: &PolicyState,
+        s: IpAddr,
+        ops: &mut Vec<Op>,
+        keys: &mut Vec<String>,
+    ) {
         let login = state.login(s).and_then(|l| {
             let tier = *self.tiers.get(l.tier())?;
             let rate = state.tier(l.tier()).and_then(|t| t.decision().rate());
@@ -317,17 +362,6 @@ impl Mirror {
                 subscriber: s,
             }),
         }
-        let old = if keys.is_empty() {
-            self.sub_meters.remove(&s)
-        } else {
-            self.sub_meters.insert(s, keys.clone())
-        };
-        for k in old.unwrap_or_default() {
-            if !keys.contains(&k) {
-                self.meters.release(&k, &mut self.stats);
-            }
-        }
-        ops
     }
 
     /// Compiles the prefix-wide rows into a snapshot and publishes it.

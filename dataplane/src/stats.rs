@@ -251,6 +251,12 @@ pub struct PathCounters {
     pub classified: [AtomicU64; Source::COUNT],
     /// Flows whose cached decision went stale and were classified again.
     pub reclassified: AtomicU64,
+    /// Per priority level: flows the policy tables classified into it (new
+    /// or again), and the TSC of the latest. A policy change takes effect
+    /// on its subscriber's first packet after it, which re-classifies the
+    /// flow: this is when a change reached the traffic (`sluice-perf
+    /// updates` times ack -> effect with it).
+    pub entered: [[AtomicU64; 2]; LEVELS],
     /// Metered packets: green, yellow, red dropped, red demoted.
     pub metered: [AtomicU64; 4],
 }
@@ -274,6 +280,7 @@ impl PathCounters {
             levels: Default::default(),
             classified: Default::default(),
             reclassified: AtomicU64::new(0),
+            entered: Default::default(),
             metered: Default::default(),
         }
     }
@@ -302,12 +309,16 @@ impl PathCounters {
 
     /// Counts a classification by the policy tables.
     #[inline]
-    pub fn classified(&self, s: Source, again: bool) {
+    pub fn classified(&self, s: Source, again: bool, level: u8, tsc: u64) {
         if let Some(c) = self.classified.get(s.index()) {
             bump(c, 1);
         }
         if again {
             bump(&self.reclassified, 1);
+        }
+        if let Some([n, at]) = self.entered.get(usize::from(level)) {
+            bump(n, 1);
+            at.store(tsc, Relaxed);
         }
     }
 
@@ -380,11 +391,14 @@ impl PathCounters {
             levels: (0..LEVELS as u8)
                 .filter_map(|l| {
                     let [p, b] = &self.levels[usize::from(l)];
-                    let packets = p.load(Relaxed);
-                    (packets > 0).then(|| LevelSnapshot {
+                    let [n, at] = &self.entered[usize::from(l)];
+                    let (packets, entered) = (p.load(Relaxed), n.load(Relaxed));
+                    (packets > 0 || entered > 0).then(|| LevelSnapshot {
                         level: l,
                         packets,
                         bytes: b.load(Relaxed),
+                        flows_entered: entered,
+                        last_entered_tsc: at.load(Relaxed),
                     })
                 })
                 .collect(),
@@ -709,6 +723,10 @@ pub struct LevelSnapshot {
     pub level: u8,
     pub packets: u64,
     pub bytes: u64,
+    /// Flows classified into this level ([`PathCounters::entered`]).
+    pub flows_entered: u64,
+    /// The TSC of the latest of those (0: none yet).
+    pub last_entered_tsc: u64,
 }
 
 /// A point-in-time copy of one direction's counters.

@@ -366,7 +366,7 @@ impl Pipeline {
                 let handle = hit.handle;
                 if !d.pinned && !self.tables.is_current(d.stamp) {
                     let fresh = self.tables.classify(key);
-                    c.classified(fresh.source, true);
+                    c.classified(fresh.source, true, fresh.decision.level, now);
                     d = FlowDecision {
                         actions: ActionSet {
                             // Remaps are fixed at the flow's start.
@@ -390,7 +390,7 @@ impl Pipeline {
                 (report, self.metered(&d, frame.len(), c))
             }
             None => {
-                let d = self.decide(key, flags, c);
+                let d = self.decide(key, flags, now, c);
                 let level = self.metered(&d, frame.len(), c);
                 if p.fragment() == Fragment::NonFirst {
                     // No ports: not a flow of its own. IP-header actions still apply.
@@ -415,7 +415,7 @@ impl Pipeline {
 
     /// Classifies a new flow: static rules, then the policy tables.
     #[inline]
-    fn decide(&self, key: &FlowKey, flags: u8, c: &PathCounters) -> FlowDecision {
+    fn decide(&self, key: &FlowKey, flags: u8, now: u64, c: &PathCounters) -> FlowDecision {
         if let Some((rule, actions)) = self.rules.classify(key) {
             c.rule_hit(rule);
             return FlowDecision {
@@ -427,7 +427,7 @@ impl Pipeline {
             };
         }
         let cl = self.tables.classify(key);
-        c.classified(cl.source, false);
+        c.classified(cl.source, false, cl.decision.level, now);
         let mut actions = cl.decision.actions;
         let opens = key.proto != PROTO_TCP || flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if !opens {

@@ -127,7 +127,7 @@ pub fn run(dir: &std::path::Path, stored_rows: u32, requests: u32) -> Result<Con
     let compactions = |p: &Policy| p.store().map_or(0, |s| s.stats().compactions);
     let mut sweep = Sweep::new(stored_rows);
     for k in 0..=requests {
-        let line = sweep.next_request().to_string();
+        let line = sweep.next_request();
         let t0 = Instant::now();
         let changes = changes_of(&line)?;
         let t1 = Instant::now();

@@ -73,7 +73,7 @@ pub use model::{
 };
 pub use protocol::{parse_request, BatchOp, ProtocolError, Request, Response, MAX_LINE_BYTES};
 pub use state::{
-    Applied, BatchError, FlowQuery, PolicyState, Source, TableInfo, Touched,
+    Applied, BatchError, FlowQuery, PolicyState, Rows, Source, TableInfo, Touched,
     MAX_COUPONS_PER_SUBSCRIBER,
 };
 pub use store::{CommitError, LoadReport, Store, StoreError, StoreOptions, StoreStats};

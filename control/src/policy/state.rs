@@ -113,8 +113,60 @@ pub const MAX_COUPONS_PER_SUBSCRIBER: usize = 4;
 /// which still knows the subscriber of a coupon being removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Touched {
-    pub subscribers: Vec<IpAddr>,
+    /// Each subscriber once, in address order, with which of its rows
+    /// changed: a batch of coupon updates does not make the mirror look up
+    /// (in two tables of a million rows each) a login nobody changed.
+    pub subscribers: Vec<(IpAddr, Rows)>,
     pub prefix_policy: bool,
+}
+
+/// Which of one subscriber's rows a batch touched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rows {
+    pub coupons: bool,
+    pub login: bool,
+}
+
+impl Rows {
+    pub const COUPONS: Rows = Rows {
+        coupons: true,
+        login: false,
+    };
+    pub const LOGIN: Rows = Rows {
+        coupons: false,
+        login: true,
+    };
+    pub const ALL: Rows = Rows {
+        coupons: true,
+        login: true,
+    };
+}
+
+impl Touched {
+    /// `subscribers` in address order, each once, its rows merged.
+    pub fn new(mut subscribers: Vec<(IpAddr, Rows)>, prefix_policy: bool) -> Touched {
+        subscribers.sort_unstable_by_key(|&(a, _)| a);
+        subscribers.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1.coupons |= later.1.coupons;
+                kept.1.login |= later.1.login;
+            }
+            same
+        });
+        Touched {
+            subscribers,
+            prefix_policy,
+        }
+    }
+
+    /// The rows of `subscriber` the batch touched, if any.
+    pub fn rows(&self, subscriber: IpAddr) -> Option<Rows> {
+        self.subscribers
+            .binary_search_by_key(&subscriber, |&(a, _)| a)
+            .ok()
+            .map(|i| self.subscribers[i].1)
+    }
 }
 
 /// What an accepted batch did.
@@ -957,33 +1009,31 @@ impl PolicyState {
     /// What `batch` would touch in the fast-path tables (see [`Touched`]);
     /// call before applying it. Subscribers are listed once each.
     pub fn touched(&self, batch: &[Change]) -> Touched {
-        let mut t = Touched::default();
-        let mut add = |a: IpAddr| t.subscribers.push(a);
+        let mut subscribers = Vec::with_capacity(batch.len());
         let mut prefix_policy = false;
         for c in batch {
             match c {
                 Change::Add(Entry::Coupon(b)) | Change::Update(Entry::Coupon(b)) => {
-                    add(b.subscriber());
+                    subscribers.push((b.subscriber(), Rows::COUPONS));
                     if let Some(old) = self.coupons.get(b.id()) {
-                        add(old.subscriber());
+                        if old.subscriber() != b.subscriber() {
+                            subscribers.push((old.subscriber(), Rows::COUPONS));
+                        }
                     }
                 }
                 Change::Remove(Key::Coupon(id)) => {
                     if let Some(old) = self.coupons.get(id) {
-                        add(old.subscriber());
+                        subscribers.push((old.subscriber(), Rows::COUPONS));
                     }
                 }
                 Change::Add(Entry::Login(l)) | Change::Update(Entry::Login(l)) => {
-                    add(l.subscriber())
+                    subscribers.push((l.subscriber(), Rows::LOGIN))
                 }
-                Change::Remove(Key::Login(a)) => add(*a),
+                Change::Remove(Key::Login(a)) => subscribers.push((*a, Rows::LOGIN)),
                 _ => prefix_policy = true,
             }
         }
-        t.prefix_policy = prefix_policy;
-        t.subscribers.sort_unstable();
-        t.subscribers.dedup();
-        t
+        Touched::new(subscribers, prefix_policy)
     }
 
     /// The coupons bound to `subscriber` (expired ones included until they

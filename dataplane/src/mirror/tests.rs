@@ -448,3 +448,66 @@ fn a_tier_rate_change_reaches_the_meters_of_its_logins() {
     assert_eq!(reader.classify(&key).decision.meter, None);
     assert_eq!(m.stats().meters, 0);
 }
+
+#[test]
+fn a_coupon_change_re_derives_its_subscribers_coupons_and_keeps_the_login_meter() {
+    let mut policy = Policy::in_memory();
+    let meters = MeterTable::new(8);
+    let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
+    let sub: IpAddr = "10.0.0.1".parse().unwrap();
+    let rate = |c: u64| format!(r#""rate":{{"committed_bps":{c},"peak_bps":{}}}"#, 2 * c);
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &format!(
+            r#"{{"op":"add","table":"tier","entry":{{"name":"gold","decision":{{"level":3,{}}}}}}}"#,
+            rate(1_000_000)
+        )
+    ));
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        r#"{"op":"add","table":"login","entry":{"subscriber":"10.0.0.1","login":"a","tier":"gold"}}"#
+    ));
+    let login_meter = |m: &Mirror| m.writer().get(Table::Login, sub).and_then(|b| b.meter);
+    let coupon_meter = |m: &Mirror| m.writer().get(Table::Coupon, sub).and_then(|b| b.meter);
+    let l = login_meter(&m);
+    assert!(l.is_some());
+    let coupon = |op: &str, c: u64| {
+        format!(
+            r#"{{"op":"{op}","table":"coupon","entry":{{"id":"x","subscriber":"10.0.0.1","decision":{{"level":2,{}}}}}}}"#,
+            rate(c)
+        )
+    };
+    assert!(apply_line(&mut policy, &mut m, &coupon("add", 5_000_000)));
+    let c = coupon_meter(&m);
+    assert!(c.is_some() && c != l, "{c:?} {l:?}");
+    assert_eq!(m.stats().meters, 2);
+    // A coupon-only batch: the login's record and meter are not re-derived
+    // and its meter is not released.
+    let before = m.stats().ops;
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &coupon("update", 7_000_000)
+    ));
+    assert_eq!(m.stats().ops, before + 1, "one coupon upsert, no login op");
+    assert_eq!(login_meter(&m), l);
+    assert_eq!(coupon_meter(&m), c);
+    assert_eq!(m.stats().meters, 2);
+    // A login-only batch keeps the coupon's meter.
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        r#"{"op":"remove","table":"login","key":{"subscriber":"10.0.0.1"}}"#
+    ));
+    assert_eq!(login_meter(&m), None);
+    assert_eq!(coupon_meter(&m), c);
+    assert_eq!(m.stats().meters, 1);
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        r#"{"op":"remove","table":"coupon","key":{"id":"x"}}"#
+    ));
+    assert_eq!(m.stats().meters, 0);
+}
