@@ -71,6 +71,24 @@ use crate::tables::{
     Table, TableError, TablesConfig, TablesReader, TablesWriter,
 };
 
+/// How many subscribers ahead [`Mirror::sync`] prefetches the buckets and
+/// validity lines it will need ([`TablesWriter::prefetch`]): enough to
+/// cover a memory access with the work on the subscribers between
+/// (`sluice-perf control`: the mirror's time per row 1139 ns without, 1005
+/// with 8 ahead, 922 with 32; prefetching the records as well, half as far
+/// ahead, gained nothing measurable).
+const PREFETCH_AHEAD: usize = 32;
+
+/// The fast tables that hold `rows`.
+fn fast_tables(rows: Rows) -> &'static [Table] {
+    match (rows.coupons, rows.login) {
+        (true, true) => &[Table::Coupon, Table::Login],
+        (true, false) => &[Table::Coupon],
+        (false, true) => &[Table::Login],
+        (false, false) => &[],
+    }
+}
+
 /// Counters of the mirror (read by `stats`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MirrorStats {
@@ -225,7 +243,11 @@ impl Mirror {
         }
         let mut refused = 0u64;
         let mut first = None;
-        for &(s, rows) in touched.subscribers.iter().chain(&extra) {
+        let all: Vec<(IpAddr, Rows)> = touched.subscribers.iter().chain(&extra).copied().collect();
+        for (i, &(s, rows)) in all.iter().enumerate() {
+            if let Some(&(ahead, rows)) = all.get(i + PREFETCH_AHEAD) {
+                self.writer.prefetch(fast_tables(rows), ahead);
+            }
             let ops = self.ops_for(state, s, rows);
             self.stats.subscribers += 1;
             match self.writer.apply(&ops) {

@@ -10,6 +10,7 @@
 //!
 //! The JSON shape of each entry is the spec's; the model types serialize to
 //! exactly that shape, so what `list` returns can be sent back as `add`.
+use compact_str::CompactString;
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU16;
@@ -772,7 +773,10 @@ impl FromStr for Table {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "CouponSpec")]
 pub struct CouponBinding {
-    id: String,
+    /// Inline up to 24 bytes (`CompactString`): an id is read on every
+    /// lookup by id, and a heap string cost each of them a second cache
+    /// miss (and each copy of the row an allocation).
+    id: CompactString,
     subscriber: IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     dst: Option<Prefix>,
@@ -801,7 +805,7 @@ pub struct CouponSpec {
 impl TryFrom<CouponSpec> for CouponBinding {
     type Error = ModelError;
     fn try_from(s: CouponSpec) -> Result<CouponBinding, ModelError> {
-        let id = check_name("id", s.id)?;
+        let id = CompactString::from(check_name("id", s.id)?);
         let subscriber = parse_addr("subscriber", &s.subscriber)?;
         let dst = s
             .dst
@@ -1159,7 +1163,7 @@ impl Entry {
 
     pub fn key(&self) -> Key {
         match self {
-            Entry::Coupon(c) => Key::Coupon(c.id.clone()),
+            Entry::Coupon(c) => Key::Coupon(c.id.to_string()),
             Entry::Login(l) => Key::Login(l.subscriber),
             Entry::Tier(t) => Key::Tier(t.name.clone()),
             Entry::Sp(s) => Key::Sp(s.id.clone()),

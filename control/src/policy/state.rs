@@ -16,6 +16,7 @@
 //! in use, so a lookup probes each length in use once, longest first. The
 //! cost of a 10k-change batch is measured by the `journal_throughput`
 //! benchmark in [`super::store`].
+use compact_str::CompactString;
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem::size_of;
 use std::net::IpAddr;
@@ -249,12 +250,12 @@ pub struct PolicyState {
     /// stay cheap with millions of rows.
     text_bytes: [usize; 6],
 
-    coupons: HashMap<String, CouponBinding>,
+    coupons: HashMap<CompactString, CouponBinding>,
     /// subscriber -> (dst, port) -> coupon id.
-    coupon_match: HashMap<IpAddr, VecMap<CouponMatch, String>>,
+    coupon_match: HashMap<IpAddr, VecMap<CouponMatch, CompactString>>,
     /// Coupons with an expiry, by expiry: the once-a-second sweep reads
     /// only what has expired instead of every coupon.
-    coupon_expiry: std::collections::BTreeSet<(u64, String)>,
+    coupon_expiry: std::collections::BTreeSet<(u64, CompactString)>,
 
     logins: HashMap<IpAddr, LoginBinding>,
     tiers: BTreeMap<String, Tier>,
@@ -517,10 +518,10 @@ impl PolicyState {
         if let (Entry::Coupon(o), Entry::Coupon(n)) = (&old, e) {
             if o.expires() != n.expires() {
                 if let Some(x) = o.expires() {
-                    self.coupon_expiry.remove(&(x, o.id().to_string()));
+                    self.coupon_expiry.remove(&(x, o.id().into()));
                 }
                 if let Some(x) = n.expires() {
-                    self.coupon_expiry.insert((x, n.id().to_string()));
+                    self.coupon_expiry.insert((x, n.id().into()));
                 }
             }
         }
@@ -652,7 +653,7 @@ impl PolicyState {
 
     fn contains(&self, k: &Key) -> bool {
         match k {
-            Key::Coupon(id) => self.coupons.contains_key(id),
+            Key::Coupon(id) => self.coupons.contains_key(id.as_str()),
             Key::Login(a) => self.logins.contains_key(a),
             Key::Tier(n) => self.tiers.contains_key(n),
             Key::Sp(id) => self.sps.contains_key(id),
@@ -666,7 +667,10 @@ impl PolicyState {
     /// The bytes [`PolicyState::approx_bytes`] counts for a row's strings.
     fn text_of(e: &Entry) -> usize {
         match e {
-            Entry::Coupon(c) => 2 * c.id().len(),
+            // The id is kept twice (by id, and in the match index), on the
+            // heap only when longer than a `CompactString` holds inline.
+            Entry::Coupon(c) if c.id().len() > size_of::<CompactString>() => 2 * c.id().len(),
+            Entry::Coupon(_) => 0,
             Entry::Login(l) => l.login().len() + l.tier().len(),
             Entry::Tier(t) => 2 * t.name().len(),
             Entry::Sp(s) => 2 * s.id().len() + s.provider().len(),
@@ -682,11 +686,11 @@ impl PolicyState {
                 self.coupon_match
                     .entry(c.subscriber())
                     .or_default()
-                    .insert((c.dst(), c.port()), c.id().to_string());
+                    .insert((c.dst(), c.port()), c.id().into());
                 if let Some(e) = c.expires() {
-                    self.coupon_expiry.insert((e, c.id().to_string()));
+                    self.coupon_expiry.insert((e, c.id().into()));
                 }
-                self.coupons.insert(c.id().to_string(), c);
+                self.coupons.insert(c.id().into(), c);
             }
             Entry::Login(l) => {
                 let u = self.tier_use.entry(l.tier().to_string()).or_default();
@@ -733,9 +737,9 @@ impl PolicyState {
     fn remove_rows(&mut self, k: &Key) -> Option<Entry> {
         Some(match k {
             Key::Coupon(id) => {
-                let c = self.coupons.remove(id)?;
+                let c = self.coupons.remove(id.as_str())?;
                 if let Some(e) = c.expires() {
-                    self.coupon_expiry.remove(&(e, c.id().to_string()));
+                    self.coupon_expiry.remove(&(e, c.id().into()));
                 }
                 let m = self.coupon_match.get_mut(&c.subscriber()).expect("indexed");
                 m.remove(&(c.dst(), c.port()));
@@ -920,7 +924,7 @@ impl PolicyState {
 
     pub fn get(&self, k: &Key) -> Option<Entry> {
         Some(match k {
-            Key::Coupon(id) => Entry::Coupon(self.coupons.get(id)?.clone()),
+            Key::Coupon(id) => Entry::Coupon(self.coupons.get(id.as_str())?.clone()),
             Key::Login(a) => Entry::Login(self.logins.get(a)?.clone()),
             Key::Tier(n) => Entry::Tier(self.tiers.get(n)?.clone()),
             Key::Sp(id) => Entry::Sp(self.sps.get(id)?.clone()),
@@ -1022,7 +1026,7 @@ impl PolicyState {
                     }
                 }
                 Change::Remove(Key::Coupon(id)) => {
-                    if let Some(old) = self.coupons.get(id) {
+                    if let Some(old) = self.coupons.get(id.as_str()) {
                         subscribers.push((old.subscriber(), Rows::COUPONS));
                     }
                 }
@@ -1059,7 +1063,7 @@ impl PolicyState {
         self.coupon_expiry
             .iter()
             .take_while(|(e, _)| *e <= now)
-            .map(|(_, id)| Change::Remove(Key::Coupon(id.clone())))
+            .map(|(_, id)| Change::Remove(Key::Coupon(id.to_string())))
             .collect()
     }
 

@@ -139,6 +139,15 @@ impl BindingMap {
         [&self.buckets[b1], &self.buckets[b2]]
     }
 
+    /// Prefetches `h.key`'s two candidate buckets (the writer, some keys
+    /// ahead of the one it works on: see [`super::TablesWriter::prefetch`]).
+    #[inline]
+    pub fn prefetch(&self, h: &KeyHash) {
+        let [b1, b2] = self.candidates(h);
+        crate::dpdk::prefetch(b1);
+        crate::dpdk::prefetch(b2);
+    }
+
     /// Loads `h.key`'s two candidate buckets (any thread). Loading every
     /// map's buckets before resolving any lets their cache misses overlap;
     /// see [`BindingMap::resolve`].
