@@ -217,8 +217,8 @@ pub fn run(dir: &std::path::Path, stored_rows: u32, requests: u32) -> Result<Con
 pub fn control(bench: &mut Bench) -> Result<ScenarioReport> {
     let load = LoadWatch::start();
     let dir = bench.opts.work_dir.join("control-path-state");
-    // On the main core, as the appliance's control thread (and the
-    // compaction thread it starts) would be; a thread of its own so that the
+    // On the main core, as the appliance's control thread (which also
+    // compacts the store) would be; a thread of its own so that the
     // runner's main thread (which spawns the tools) stays unpinned.
     let r = std::thread::spawn(move || {
         crate::process::pin_current_thread(crate::bench::MAIN_LCORE);
@@ -263,8 +263,8 @@ pub fn control(bench: &mut Bench) -> Result<ScenarioReport> {
              apply, journal record and fdatasync) and the mirror into the tables. The same \
              batch is also applied to an in-memory copy of the policy, to separate the \
              model's cost from the journal's. The whole run is on the main core, like the \
-             appliance's control thread and the compaction thread it starts. Rows per second is 1 / (parse + touched + \
-             commit + mirror): the ceiling of `updates`, which adds the socket and shares the \
+             appliance's control thread, which also compacts the store. Rows per second is \
+             1 / (parse + touched + commit + mirror): the ceiling of `updates`, which adds the socket and shares the \
              machine with a forwarding worker."
                 .into(),
             load.finish(),
