@@ -112,20 +112,31 @@ pub struct MirrorStats {
 /// Meter indices by row key, over the shared table.
 struct Meters {
     table: Arc<MeterTable>,
-    ids: HashMap<String, (u32, u64, u64)>,
+    /// Key -> (index, committed, peak, owner). The owner is the subscriber
+    /// whose records last took the meter (None for prefix-wide rows): a
+    /// coupon moved from A to B in one batch is taken by B and then
+    /// dropped from A's keys, in either order, and only its owner may
+    /// release it.
+    ids: HashMap<String, (u32, u64, u64, Option<IpAddr>)>,
     free: Vec<u32>,
     next: u32,
 }
 
 impl Meters {
     /// The meter of `key` with `rate`, allocated or updated.
-    fn assign(&mut self, key: String, rate: policy::Rate, stats: &mut MirrorStats) -> Option<u32> {
+    fn assign(
+        &mut self,
+        key: String,
+        rate: policy::Rate,
+        owner: Option<IpAddr>,
+        stats: &mut MirrorStats,
+    ) -> Option<u32> {
         let (c, p) = (rate.committed_bps(), rate.peak_bps());
         if let Some(e) = self.ids.get_mut(&key) {
             if (e.1, e.2) != (c, p) {
                 self.table.set(e.0, c, p);
-                *e = (e.0, c, p);
             }
+            *e = (e.0, c, p, owner);
             return Some(e.0);
         }
         let i = match self.free.pop() {
@@ -140,14 +151,17 @@ impl Meters {
             }
         };
         self.table.set(i, c, p);
-        self.ids.insert(key, (i, c, p));
+        self.ids.insert(key, (i, c, p, owner));
         stats.meters = self.ids.len() as u32;
         Some(i)
     }
 
-    fn release(&mut self, key: &str, stats: &mut MirrorStats) {
-        if let Some((i, _, _)) = self.ids.remove(key) {
-            self.free.push(i);
+    /// Frees `key`'s meter if `by` owns it (see [`Meters::ids`]).
+    fn release(&mut self, key: &str, by: Option<IpAddr>, stats: &mut MirrorStats) {
+        if self.ids.get(key).is_some_and(|e| e.3 == by) {
+            if let Some((i, ..)) = self.ids.remove(key) {
+                self.free.push(i);
+            }
             stats.meters = self.ids.len() as u32;
         }
     }
@@ -237,13 +251,20 @@ impl Mirror {
                                 .tier(l.tier())
                                 .is_some_and(|t| t.decision().rate().is_some())
                     })
-                    .map(|l| (l.subscriber(), Rows::LOGIN))
-                    .filter(|&(a, _)| touched.rows(a).is_none_or(|r| !r.login)),
+                    .map(|l| (l.subscriber(), Rows::LOGIN)),
             );
         }
+        // Each subscriber once: the extra logins merged into the batch's.
+        let merged;
+        let all: &[(IpAddr, Rows)] = if extra.is_empty() {
+            &touched.subscribers
+        } else {
+            extra.extend_from_slice(&touched.subscribers);
+            merged = Touched::new(extra, false);
+            &merged.subscribers
+        };
         let mut refused = 0u64;
         let mut first = None;
-        let all: Vec<(IpAddr, Rows)> = touched.subscribers.iter().chain(&extra).copied().collect();
         for (i, &(s, rows)) in all.iter().enumerate() {
             if let Some(&(ahead, rows)) = all.get(i + PREFETCH_AHEAD) {
                 self.writer.prefetch(fast_tables(rows), ahead);
@@ -309,7 +330,7 @@ impl Mirror {
         };
         for k in old.unwrap_or_default() {
             if !keys.contains(&k) {
-                self.meters.release(&k, &mut self.stats);
+                self.meters.release(&k, Some(s), &mut self.stats);
             }
         }
         ops
@@ -328,7 +349,9 @@ impl Mirror {
             let mut b = coupon_binding(c);
             if let Some(rate) = c.decision().rate() {
                 let key = format!("c:{}", c.id());
-                b.meter = self.meters.assign(key.clone(), rate, &mut self.stats);
+                b.meter = self
+                    .meters
+                    .assign(key.clone(), rate, Some(s), &mut self.stats);
                 keys.push(key);
             }
             want.push(b);
@@ -367,7 +390,7 @@ impl Mirror {
                 let meter = rate.and_then(|r| {
                     let key = format!("l:{s}");
                     keys.push(key.clone());
-                    self.meters.assign(key, r, &mut self.stats)
+                    self.meters.assign(key, r, Some(s), &mut self.stats)
                 });
                 ops.push(Op::Upsert {
                     table: Table::Login,
@@ -430,18 +453,18 @@ impl Mirror {
         for (e, id, rate) in sp.iter_mut() {
             if let Some(r) = rate {
                 let key = format!("s:{id}");
-                e.decision.meter = self.meters.assign(key.clone(), *r, &mut self.stats);
+                e.decision.meter = self.meters.assign(key.clone(), *r, None, &mut self.stats);
                 keys.push(key);
             }
         }
         let mut default = fast(state.default_decision());
         if let Some(r) = state.default_decision().rate() {
-            default.meter = self.meters.assign("d".into(), r, &mut self.stats);
+            default.meter = self.meters.assign("d".into(), r, None, &mut self.stats);
             keys.push("d".into());
         }
         for k in std::mem::replace(&mut self.prefix_meters, keys.clone()) {
             if !keys.contains(&k) {
-                self.meters.release(&k, &mut self.stats);
+                self.meters.release(&k, None, &mut self.stats);
             }
         }
         let p = PrefixPolicy {

@@ -1017,10 +1017,11 @@ fn write_path(f: &mut fmt::Formatter<'_>, lcore: u32, p: &PathSnapshot) -> fmt::
             .collect::<Vec<_>>()
             .join(" ")
     };
-    if !p.levels.is_empty() {
+    if p.levels.iter().any(|l| l.packets > 0) {
         let l: Vec<String> = p
             .levels
             .iter()
+            .filter(|l| l.packets > 0)
             .map(|l| format!("{}={}", l.level, l.packets))
             .collect();
         writeln!(f, "lcore{lcore} packets per level: {}", l.join(" "))?;

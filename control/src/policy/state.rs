@@ -160,14 +160,6 @@ impl Touched {
             prefix_policy,
         }
     }
-
-    /// The rows of `subscriber` the batch touched, if any.
-    pub fn rows(&self, subscriber: IpAddr) -> Option<Rows> {
-        self.subscribers
-            .binary_search_by_key(&subscriber, |&(a, _)| a)
-            .ok()
-            .map(|i| self.subscribers[i].1)
-    }
 }
 
 /// What an accepted batch did.

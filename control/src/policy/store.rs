@@ -76,6 +76,10 @@ const HEADER: usize = 16;
 pub const MAX_RECORD_BYTES: usize = 1 << 30;
 const SNAPSHOT_FORMAT: u32 = 1;
 
+/// The largest journal buffer kept between commits (a request line is at
+/// most 4 MiB; its record a little more).
+const SCRATCH_KEPT: usize = 16 << 20;
+
 const JOURNAL: &str = "journal";
 const SNAPSHOT: &str = "snapshot";
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
@@ -119,6 +123,11 @@ pub enum StoreError {
     Poisoned(String),
     #[error("batch too large for one journal record: {0} bytes (limit {MAX_RECORD_BYTES})")]
     TooLarge(usize),
+    #[error(
+        "the policy is too large for one snapshot record: over {MAX_RECORD_BYTES} bytes; \
+         the journal keeps growing instead"
+    )]
+    SnapshotTooLarge,
 }
 
 /// Why [`Store::commit`] refused a batch. Either way the state is unchanged.
@@ -239,7 +248,7 @@ impl<W: Write> Write for Summing<W> {
         self.crc.update(&buf[..n]);
         self.len += n;
         if self.len > MAX_RECORD_BYTES {
-            return Err(io::Error::other(StoreError::TooLarge(self.len)));
+            return Err(io::Error::other(StoreError::SnapshotTooLarge));
         }
         Ok(n)
     }
@@ -673,7 +682,12 @@ impl Store {
         let mut rec = std::mem::take(&mut self.scratch);
         let r = record_into(&mut rec, &JournalOut::new(seq, batch))
             .and_then(|()| self.write_journal(&rec));
-        self.scratch = rec;
+        // Kept for the next batch unless an unusually large one grew it
+        // (a big expiry sweep, a refused oversized batch): not held for
+        // the life of the process.
+        if rec.capacity() <= SCRATCH_KEPT {
+            self.scratch = rec;
+        }
         r
     }
 

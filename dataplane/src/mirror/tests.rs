@@ -511,3 +511,55 @@ fn a_coupon_change_re_derives_its_subscribers_coupons_and_keeps_the_login_meter(
     ));
     assert_eq!(m.stats().meters, 0);
 }
+
+#[test]
+fn a_rated_coupon_moved_to_another_subscriber_keeps_its_meter() {
+    // The new subscriber's address sorts before the old one's, so the
+    // mirror takes the meter for the new one before dropping it from the
+    // old one's keys: that drop must not free it.
+    let mut policy = Policy::in_memory();
+    let meters = MeterTable::new(8);
+    let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
+    let coupon = |op: &str, id: &str, sub: &str| {
+        format!(
+            r#"{{"op":"{op}","table":"coupon","entry":{{"id":"{id}","subscriber":"{sub}","decision":{{"level":3,"rate":{{"committed_bps":5000000,"peak_bps":6000000}}}}}}}}"#
+        )
+    };
+    let meter_of = |m: &Mirror, sub: &str| {
+        m.writer()
+            .get(Table::Coupon, sub.parse().unwrap())
+            .and_then(|b| b.meter)
+    };
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &coupon("add", "x", "10.0.0.9")
+    ));
+    let x = meter_of(&m, "10.0.0.9");
+    assert!(x.is_some());
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &coupon("update", "x", "10.0.0.1")
+    ));
+    assert_eq!(meter_of(&m, "10.0.0.1"), x);
+    assert_eq!(meter_of(&m, "10.0.0.9"), None);
+    assert_eq!(m.stats().meters, 1);
+    // A new rated row gets a meter of its own, not x's.
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &coupon("add", "y", "10.0.0.5")
+    ));
+    let y = meter_of(&m, "10.0.0.5");
+    assert!(y.is_some() && y != x, "{y:?} {x:?}");
+    assert_eq!(m.stats().meters, 2);
+    // And back the other way (old address first): still one meter for x.
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &coupon("update", "x", "10.0.0.9")
+    ));
+    assert_eq!(meter_of(&m, "10.0.0.9"), x);
+    assert_eq!(m.stats().meters, 2);
+}
