@@ -57,7 +57,7 @@
 //! subscriber whose records do not fit keeps what it had, the failure is
 //! counted and logged ([`MirrorStats::errors`]), and the next change to
 //! that subscriber tries again.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -174,6 +174,9 @@ pub struct Mirror {
     /// Meter keys held per subscriber, and by the prefix-wide rows.
     sub_meters: HashMap<IpAddr, Vec<String>>,
     prefix_meters: Vec<String>,
+    /// Subscribers whose last re-derivation the tables refused: their
+    /// records may be out of step, so they are re-derived whole.
+    out_of_step: HashSet<IpAddr>,
     /// Tier name -> index in the snapshot's tier list.
     tiers: HashMap<String, u16>,
     free_tiers: Vec<u16>,
@@ -197,6 +200,7 @@ impl Mirror {
                 next: 0,
             },
             sub_meters: HashMap::new(),
+            out_of_step: HashSet::new(),
             prefix_meters: Vec::new(),
             tiers: HashMap::new(),
             free_tiers: Vec::new(),
@@ -269,12 +273,32 @@ impl Mirror {
             if let Some(&(ahead, rows)) = all.get(i + PREFETCH_AHEAD) {
                 self.writer.prefetch(fast_tables(rows), ahead);
             }
-            let ops = self.ops_for(state, s, rows);
+            // A coupon changed in place needs its one record rewritten,
+            // unless an earlier failure left the subscriber out of step (it
+            // is then re-derived whole, which retries what failed).
+            let direct = rows
+                .in_place
+                .and_then(|i| touched.in_place.get(i as usize))
+                .filter(|_| !self.out_of_step.contains(&s));
+            let ops = match direct {
+                Some(c) => vec![Op::Upsert {
+                    table: Table::Coupon,
+                    subscriber: s,
+                    binding: coupon_binding(c),
+                }],
+                None => self.ops_for(state, s, rows),
+            };
             self.stats.subscribers += 1;
             match self.writer.apply(&ops) {
-                Ok(()) => self.stats.ops += ops.len() as u64,
+                Ok(()) => {
+                    self.stats.ops += ops.len() as u64;
+                    if direct.is_none() && !self.out_of_step.is_empty() {
+                        self.out_of_step.remove(&s);
+                    }
+                }
                 Err(e) => {
                     refused += 1;
+                    self.out_of_step.insert(s);
                     first.get_or_insert_with(|| format!("subscriber {s}: {e}"));
                 }
             }

@@ -563,3 +563,77 @@ fn a_rated_coupon_moved_to_another_subscriber_keeps_its_meter() {
     assert_eq!(meter_of(&m, "10.0.0.9"), x);
     assert_eq!(m.stats().meters, 2);
 }
+
+#[test]
+fn a_coupon_updated_in_place_rewrites_its_one_record() {
+    let mut policy = Policy::in_memory();
+    let meters = MeterTable::new(8);
+    let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
+    let mut reader = m.reader();
+    let coupon = |op: &str, id: &str, dst: &str, level: u8| {
+        format!(
+            r#"{{"op":"{op}","table":"coupon","entry":{{"id":"{id}","subscriber":"10.0.0.1"{dst},"decision":{{"level":{level}}}}}}}"#
+        )
+    };
+    let to = |d: &str| {
+        FlowKey::new(
+            ("10.0.0.1".parse().unwrap(), 1000),
+            (d.parse().unwrap(), 80),
+            PROTO_TCP,
+            0,
+            Direction::Upstream,
+        )
+        .unwrap()
+    };
+    assert!(apply_line(&mut policy, &mut m, &coupon("add", "a", "", 4)));
+    let web = r#","dst":"192.0.2.0/24""#;
+    assert!(apply_line(&mut policy, &mut m, &coupon("add", "b", web, 2)));
+    let level = |r: &mut TablesReader, d: &str| {
+        r.refresh();
+        r.classify(&to(d)).decision.level
+    };
+    assert_eq!(
+        (
+            level(&mut reader, "192.0.2.7"),
+            level(&mut reader, "198.51.100.7")
+        ),
+        (2, 4)
+    );
+    // In place: one upsert, nothing re-derived, the other record intact.
+    let ops = m.stats().ops;
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &coupon("update", "b", web, 1)
+    ));
+    assert_eq!(m.stats().ops, ops + 1);
+    assert_eq!(
+        (
+            level(&mut reader, "192.0.2.7"),
+            level(&mut reader, "198.51.100.7")
+        ),
+        (1, 4)
+    );
+    // Not in place (the destination moves): re-derived, the old record gone.
+    let other = r#","dst":"203.0.113.0/24""#;
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &coupon("update", "b", other, 1)
+    ));
+    assert_eq!(
+        m.writer()
+            .bindings(Table::Coupon, "10.0.0.1".parse().unwrap())
+            .len(),
+        2
+    );
+    assert_eq!(
+        (
+            level(&mut reader, "192.0.2.7"),
+            level(&mut reader, "203.0.113.7")
+        ),
+        (4, 1)
+    );
+    let mut r2 = m.reader();
+    check_all(&policy, &mut r2).unwrap();
+}
