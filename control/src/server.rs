@@ -362,8 +362,7 @@ fn apply(
     dp: &mut impl Dataplane,
     batch: &[Change],
 ) -> Result<crate::policy::Applied, crate::policy::CommitError> {
-    let touched = policy.state().touched(batch);
-    let a = policy.commit(batch)?;
+    let (a, touched) = policy.commit_touched(batch)?;
     dp.applied(policy.state(), &touched);
     Ok(a)
 }

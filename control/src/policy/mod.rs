@@ -73,7 +73,7 @@ pub use model::{
 };
 pub use protocol::{parse_request, BatchOp, ProtocolError, Request, Response, MAX_LINE_BYTES};
 pub use state::{
-    Applied, BatchError, FlowQuery, PolicyState, Rows, Source, TableInfo, Touched,
+    Applied, BatchError, FlowQuery, PolicyState, Rows, Source, Staged, TableInfo, Touched,
     MAX_COUPONS_PER_SUBSCRIBER,
 };
 pub use store::{CommitError, LoadReport, Store, StoreError, StoreOptions, StoreStats};
@@ -118,9 +118,15 @@ impl Policy {
     /// Apply a batch atomically and, with a store, durably: when this
     /// returns `Ok`, the batch is on disk and may be acknowledged.
     pub fn commit(&mut self, batch: &[Change]) -> Result<Applied, CommitError> {
+        self.commit_touched(batch).map(|(a, _)| a)
+    }
+
+    /// [`Policy::commit`], also saying what the batch touched in the fast
+    /// tables: what the control thread passes on to the mirror.
+    pub fn commit_touched(&mut self, batch: &[Change]) -> Result<(Applied, Touched), CommitError> {
         match &mut self.store {
-            Some(store) => store.commit(&mut self.state, batch),
-            None => Ok(self.state.apply(batch)?),
+            Some(store) => store.commit_touched(&mut self.state, batch),
+            None => Ok(self.state.apply_touched(batch)?),
         }
     }
 

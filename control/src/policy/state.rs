@@ -358,6 +358,61 @@ impl Staged<'_> {
     pub fn state(&self) -> &PolicyState {
         self.state
     }
+
+    /// What the batch touches in the fast-path tables ([`Touched`]),
+    /// from the batch and the rows it replaced or removed (kept for the
+    /// undo): no lookup in the state, whose rows a big batch has by now
+    /// pushed out of the caches again.
+    pub fn touched(&self) -> Touched {
+        let mut subscribers = Vec::with_capacity(self.batch.len());
+        let mut in_place = Vec::new();
+        let mut prefix_policy = false;
+        for (c, u) in self.batch.iter().zip(&self.undo) {
+            let old = match u {
+                Undo::Replaced(e) | Undo::Removed(e) => Some(&**e),
+                Undo::Inserted => None,
+            };
+            let old_coupon = match old {
+                Some(Entry::Coupon(o)) => Some(o),
+                _ => None,
+            };
+            match c {
+                Change::Add(Entry::Coupon(b)) | Change::Update(Entry::Coupon(b)) => {
+                    let same_row = |o: &CouponBinding| {
+                        (o.subscriber(), o.dst(), o.port()) == (b.subscriber(), b.dst(), b.port())
+                            && o.decision().rate().is_none()
+                            && b.decision().rate().is_none()
+                    };
+                    let mut rows = Rows::COUPONS;
+                    if matches!(c, Change::Update(_)) && old_coupon.is_some_and(same_row) {
+                        if let Ok(i) = u32::try_from(in_place.len()) {
+                            rows.in_place = Some(i);
+                            in_place.push(b.clone());
+                        }
+                    }
+                    subscribers.push((b.subscriber(), rows));
+                    if let Some(o) = old_coupon {
+                        if o.subscriber() != b.subscriber() {
+                            subscribers.push((o.subscriber(), Rows::COUPONS));
+                        }
+                    }
+                }
+                Change::Remove(Key::Coupon(_)) => {
+                    if let Some(o) = old_coupon {
+                        subscribers.push((o.subscriber(), Rows::COUPONS));
+                    }
+                }
+                Change::Add(Entry::Login(l)) | Change::Update(Entry::Login(l)) => {
+                    subscribers.push((l.subscriber(), Rows::LOGIN))
+                }
+                Change::Remove(Key::Login(a)) => subscribers.push((*a, Rows::LOGIN)),
+                _ => prefix_policy = true,
+            }
+        }
+        let mut t = Touched::new(subscribers, prefix_policy);
+        t.in_place = in_place;
+        t
+    }
 }
 
 impl Drop for Staged<'_> {
@@ -383,6 +438,13 @@ impl PolicyState {
     /// Apply a batch atomically: every change or none.
     pub fn apply(&mut self, batch: &[Change]) -> Result<Applied, BatchError> {
         Ok(self.stage(batch)?.commit())
+    }
+
+    /// [`PolicyState::apply`], also saying what the batch touched.
+    pub fn apply_touched(&mut self, batch: &[Change]) -> Result<(Applied, Touched), BatchError> {
+        let staged = self.stage(batch)?;
+        let touched = staged.touched();
+        Ok((staged.commit(), touched))
     }
 
     /// Validate and apply `batch`, keeping what is needed to undo it. On
@@ -1015,52 +1077,6 @@ impl PolicyState {
 
     pub fn generations(&self) -> [u64; 6] {
         self.generations
-    }
-
-    /// What `batch` would touch in the fast-path tables (see [`Touched`]);
-    /// call before applying it. Subscribers are listed once each.
-    pub fn touched(&self, batch: &[Change]) -> Touched {
-        let mut subscribers = Vec::with_capacity(batch.len());
-        let mut in_place = Vec::new();
-        let mut prefix_policy = false;
-        for c in batch {
-            match c {
-                Change::Add(Entry::Coupon(b)) | Change::Update(Entry::Coupon(b)) => {
-                    let old = self.coupons.get(b.id());
-                    let same_row = |o: &CouponBinding| {
-                        (o.subscriber(), o.dst(), o.port()) == (b.subscriber(), b.dst(), b.port())
-                            && o.decision().rate().is_none()
-                            && b.decision().rate().is_none()
-                    };
-                    let mut rows = Rows::COUPONS;
-                    if matches!(c, Change::Update(_)) && old.is_some_and(same_row) {
-                        if let Ok(i) = u32::try_from(in_place.len()) {
-                            rows.in_place = Some(i);
-                            in_place.push(b.clone());
-                        }
-                    }
-                    subscribers.push((b.subscriber(), rows));
-                    if let Some(old) = old {
-                        if old.subscriber() != b.subscriber() {
-                            subscribers.push((old.subscriber(), Rows::COUPONS));
-                        }
-                    }
-                }
-                Change::Remove(Key::Coupon(id)) => {
-                    if let Some(old) = self.coupons.get(id.as_str()) {
-                        subscribers.push((old.subscriber(), Rows::COUPONS));
-                    }
-                }
-                Change::Add(Entry::Login(l)) | Change::Update(Entry::Login(l)) => {
-                    subscribers.push((l.subscriber(), Rows::LOGIN))
-                }
-                Change::Remove(Key::Login(a)) => subscribers.push((*a, Rows::LOGIN)),
-                _ => prefix_policy = true,
-            }
-        }
-        let mut t = Touched::new(subscribers, prefix_policy);
-        t.in_place = in_place;
-        t
     }
 
     /// The coupons bound to `subscriber` (expired ones included until they

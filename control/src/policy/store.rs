@@ -67,7 +67,7 @@ use thiserror::Error;
 use super::model::{Change, Entry, Key, Table};
 use super::model::{CouponBinding, Decision, EligibilityRule, LoginBinding, SpAllocation, Tier};
 use super::protocol::parse_change;
-use super::state::{Applied, BatchError, PolicyState};
+use super::state::{Applied, BatchError, PolicyState, Touched};
 
 const MAGIC: [u8; 4] = *b"SLJ1";
 const HEADER: usize = 16;
@@ -659,6 +659,16 @@ impl Store {
         state: &mut PolicyState,
         batch: &[Change],
     ) -> Result<Applied, CommitError> {
+        self.commit_touched(state, batch).map(|(a, _)| a)
+    }
+
+    /// [`Store::commit`], also saying what the batch touched in the fast
+    /// tables ([`crate::policy::Staged::touched`]).
+    pub fn commit_touched(
+        &mut self,
+        state: &mut PolicyState,
+        batch: &[Change],
+    ) -> Result<(Applied, Touched), CommitError> {
         if let Some(p) = &self.poisoned {
             return Err(StoreError::Poisoned(p.clone()).into());
         }
@@ -667,6 +677,7 @@ impl Store {
         if !batch.is_empty() {
             self.append(seq, batch)?; // on error `staged` drops: rolled back
         }
+        let touched = staged.touched();
         let applied = staged.commit();
         if self.compaction_due() {
             if let Err(e) = self.compact(state) {
@@ -675,7 +686,7 @@ impl Store {
                     Some(self.journal_records + self.opts.compact_after_records);
             }
         }
-        Ok(applied)
+        Ok((applied, touched))
     }
 
     fn append(&mut self, seq: u64, batch: &[Change]) -> Result<(), StoreError> {

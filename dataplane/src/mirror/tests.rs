@@ -242,9 +242,8 @@ fn apply_batch(policy: &mut Policy, m: &mut Mirror, changes: &[String]) -> bool 
     let Ok(Request::Apply { changes, .. }) = parse_request(&line) else {
         panic!("not a batch: {line}");
     };
-    let touched = policy.state().touched(&changes);
-    match policy.commit(&changes) {
-        Ok(_) => {
+    match policy.commit_touched(&changes) {
+        Ok((_, touched)) => {
             m.sync(policy.state(), &touched);
             true
         }
