@@ -257,12 +257,22 @@ impl Mix {
 /// Coupon `i` of the 1M bulk coupons (11.0.0.0/12, premium, DSCP 46):
 /// table scale only, no corpus flow comes from these subscribers.
 pub fn bulk_coupon(i: u32) -> String {
-    format!(
-        r#"{{"id":"f{i}","subscriber":"11.{}.{}.{}","decision":{{"level":"premium","dscp":46}}}}"#,
+    let mut row = String::new();
+    write_bulk_coupon(&mut row, i, 46);
+    row
+}
+
+/// Appends coupon `i` of the bulk coupons with DSCP `dscp` to `out` (the
+/// `updates` storm rewrites them with another mark).
+pub fn write_bulk_coupon(out: &mut String, i: u32, dscp: u8) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        r#"{{"id":"f{i}","subscriber":"11.{}.{}.{}","decision":{{"level":"premium","dscp":{dscp}}}}}"#,
         i >> 16,
         (i >> 8) & 255,
         i & 255
-    )
+    );
 }
 
 /// Login `i` of the 1M bulk logins (12.0.0.0/12, tier gold); the corpus's

@@ -31,6 +31,7 @@ use sluice_dataplane::dpdk::rdtsc;
 use crate::bench::{
     Bench, LoadWatch, CORPUS_FLOWS, FULL_PIPELINE, FULL_PIPELINE_RATE, PREMIUM_FLOWS,
 };
+use crate::corpus::write_bulk_coupon;
 use crate::process::{self, Verdict};
 use crate::report::{fmt_opt, ScenarioReport, Table};
 use crate::sluice;
@@ -145,7 +146,6 @@ impl Sweep {
 /// with the control thread, and building 10,000 `Value` rows cost it about
 /// as much as the appliance spends applying them.
 pub fn storm_request(pass: u32, start: u32) -> String {
-    use std::fmt::Write;
     let dscp = if pass.is_multiple_of(2) { 34 } else { 46 };
     let mut line = String::with_capacity(STORM_BATCH as usize * 100 + 64);
     line.push_str(r#"{"op":"update","table":"coupon","entries":["#);
@@ -153,13 +153,7 @@ pub fn storm_request(pass: u32, start: u32) -> String {
         if i != start {
             line.push(',');
         }
-        let _ = write!(
-            line,
-            r#"{{"id":"f{i}","subscriber":"11.{}.{}.{}","decision":{{"level":"premium","dscp":{dscp}}}}}"#,
-            i >> 16,
-            (i >> 8) & 255,
-            i & 255
-        );
+        write_bulk_coupon(&mut line, i, dscp);
     }
     line.push_str("]}");
     line

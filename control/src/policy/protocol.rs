@@ -284,39 +284,7 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
         ("offset", raw.offset.is_some()),
     ];
     let op = raw.op.as_str();
-    let (allowed, required): (&[&str], &[&str]) = match op {
-        "add" | "update" => (&["table", "entries"], &["table", "entries"]),
-        "remove" => (&["table", "keys"], &["table", "keys"]),
-        "batch" => (&["changes"], &["changes"]),
-        "get" => (&["table", "key"], &["table"]),
-        "list" => (&["table", "limit", "offset"], &["table"]),
-        "stats" | "tables" => (&[], &[]),
-        other => {
-            return Err(ProtocolError::new(
-                None,
-                "op",
-                format!(
-                    "unknown op {other:?}: expected one of add, update, remove, batch, get, list, stats, tables"
-                ),
-            ))
-        }
-    };
-    for (name, is) in present {
-        if is && !allowed.contains(&name) {
-            return Err(ProtocolError::new(
-                None,
-                name,
-                format!("not a field of op {op:?} (its fields: {})", fields(allowed)),
-            ));
-        }
-        if !is && required.contains(&name) {
-            return Err(ProtocolError::new(
-                None,
-                name,
-                format!("missing: op {op:?} needs {}", fields(required)),
-            ));
-        }
-    }
+    check_fields(op, &present)?;
     let table = raw
         .table
         .as_deref()
@@ -326,63 +294,15 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
         })
         .transpose()?;
     Ok(match op {
-        "add" | "update" => {
-            let table = table.expect("required");
-            let add = op == "add";
-            let changes = raw
-                .entries
-                .expect("required")
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let entry = Entry::from_json(table, e.get())
-                        .map_err(|err| ProtocolError::at(i, &format!("entries[{i}]"), err))?;
-                    Ok(if add {
-                        Change::Add(entry)
-                    } else {
-                        Change::Update(entry)
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            Request::Apply {
-                op: if add { BatchOp::Add } else { BatchOp::Update },
-                changes,
-            }
-        }
-        "remove" => {
-            let table = table.expect("required");
-            let changes = raw
-                .keys
-                .expect("required")
-                .into_iter()
-                .enumerate()
-                .map(|(i, k)| {
-                    Key::from_json(table, k.get())
-                        .map(Change::Remove)
-                        .map_err(|err| ProtocolError::at(i, &format!("keys[{i}]"), err))
-                })
-                .collect::<Result<_, _>>()?;
-            Request::Apply {
-                op: BatchOp::Remove,
-                changes,
-            }
-        }
-        "batch" => {
-            let changes = raw
-                .changes
-                .expect("required")
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    parse_change(c.get()).map_err(|(f, r)| {
-                        ProtocolError::new(Some(i), join(&format!("changes[{i}]"), &f), r)
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            Request::Apply {
-                op: BatchOp::Batch,
-                changes,
-            }
+        "add" | "update" | "remove" | "batch" => {
+            let (op, changes) = batch_changes(BatchFields {
+                op,
+                table,
+                entries: raw.entries,
+                keys: raw.keys,
+                changes: raw.changes,
+            })?;
+            Request::Apply { op, changes }
         }
         "get" => {
             let table = table.expect("required");
@@ -418,6 +338,118 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
         "stats" => Request::Stats,
         _ => Request::Tables,
     })
+}
+
+/// Checks which of a request's fields `present` holds against what `op`
+/// takes and needs.
+pub(crate) fn check_fields(op: &str, present: &[(&str, bool)]) -> Result<(), ProtocolError> {
+    let (allowed, required): (&[&str], &[&str]) = match op {
+        "add" | "update" => (&["table", "entries"], &["table", "entries"]),
+        "remove" => (&["table", "keys"], &["table", "keys"]),
+        "batch" => (&["changes"], &["changes"]),
+        "get" => (&["table", "key"], &["table"]),
+        "list" => (&["table", "limit", "offset"], &["table"]),
+        "stats" | "tables" => (&[], &[]),
+        other => {
+            return Err(ProtocolError::new(
+                None,
+                "op",
+                format!(
+                    "unknown op {other:?}: expected one of add, update, remove, batch, get, list, stats, tables"
+                ),
+            ))
+        }
+    };
+    for &(name, is) in present {
+        if is && !allowed.contains(&name) {
+            return Err(ProtocolError::new(
+                None,
+                name,
+                format!("not a field of op {op:?} (its fields: {})", fields(allowed)),
+            ));
+        }
+        if !is && required.contains(&name) {
+            return Err(ProtocolError::new(
+                None,
+                name,
+                format!("missing: op {op:?} needs {}", fields(required)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The fields of an `add`, `update`, `remove` or `batch` request, already
+/// checked by [`check_fields`]; a journal record holds the same.
+pub(crate) struct BatchFields<'a> {
+    pub op: &'a str,
+    pub table: Option<Table>,
+    pub entries: Option<Vec<&'a RawValue>>,
+    pub keys: Option<Vec<&'a RawValue>>,
+    pub changes: Option<Vec<&'a RawValue>>,
+}
+
+/// Decodes and validates the changes of such a request.
+pub(crate) fn batch_changes(f: BatchFields<'_>) -> Result<(BatchOp, Vec<Change>), ProtocolError> {
+    let missing =
+        |name: &str| ProtocolError::new(None, name, format!("missing: op {:?} needs it", f.op));
+    match f.op {
+        "add" | "update" => {
+            let table = f.table.ok_or_else(|| missing("table"))?;
+            let add = f.op == "add";
+            let changes = f
+                .entries
+                .ok_or_else(|| missing("entries"))?
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let entry = Entry::from_json(table, e.get())
+                        .map_err(|err| ProtocolError::at(i, &format!("entries[{i}]"), err))?;
+                    Ok(if add {
+                        Change::Add(entry)
+                    } else {
+                        Change::Update(entry)
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let op = if add { BatchOp::Add } else { BatchOp::Update };
+            Ok((op, changes))
+        }
+        "remove" => {
+            let table = f.table.ok_or_else(|| missing("table"))?;
+            let changes = f
+                .keys
+                .ok_or_else(|| missing("keys"))?
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    Key::from_json(table, k.get())
+                        .map(Change::Remove)
+                        .map_err(|err| ProtocolError::at(i, &format!("keys[{i}]"), err))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok((BatchOp::Remove, changes))
+        }
+        "batch" => {
+            let changes = f
+                .changes
+                .ok_or_else(|| missing("changes"))?
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    parse_change(c.get()).map_err(|(f, r)| {
+                        ProtocolError::new(Some(i), join(&format!("changes[{i}]"), &f), r)
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            Ok((BatchOp::Batch, changes))
+        }
+        other => Err(ProtocolError::new(
+            None,
+            "op",
+            format!("not a batch op: {other:?}"),
+        )),
+    }
 }
 
 fn fields(names: &[&str]) -> String {

@@ -110,8 +110,8 @@ pub const MAX_COUPONS_PER_SUBSCRIBER: usize = 4;
 /// What a batch touches in the fast-path tables: the subscribers whose
 /// coupon or login rows change (before or after the batch), and whether
 /// any prefix-wide row (tier, SP allocation, eligibility, default) does.
-/// Computed from the state *before* the batch ([`PolicyState::touched`]),
-/// which still knows the subscriber of a coupon being removed.
+/// Computed by [`Staged::touched`] from the batch and the rows it replaced
+/// or removed, which still name the subscriber of a coupon being removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Touched {
     /// Each subscriber once, in address order, with which of its rows

@@ -66,7 +66,7 @@ use thiserror::Error;
 
 use super::model::{Change, Entry, Key, Table};
 use super::model::{CouponBinding, Decision, EligibilityRule, LoginBinding, SpAllocation, Tier};
-use super::protocol::parse_change;
+use super::protocol::{batch_changes, check_fields, BatchFields, ProtocolError};
 use super::state::{Applied, BatchError, PolicyState, Touched};
 
 const MAGIC: [u8; 4] = *b"SLJ1";
@@ -358,42 +358,41 @@ impl<'a> JournalOut<'a> {
             };
         };
         let (op, table) = (first.op(), first.table());
-        let uniform = batch.iter().all(|c| c.op() == op && c.table() == table);
-        if uniform {
-            let entries: Option<Vec<&Entry>> = batch
+        if !batch.iter().all(|c| c.op() == op && c.table() == table) {
+            return JournalOut::Changes {
+                seq,
+                changes: batch,
+            };
+        }
+        // One op: every change is the same variant as the first.
+        if let Change::Remove(_) = first {
+            let keys = batch
                 .iter()
-                .map(|c| match c {
-                    Change::Add(e) | Change::Update(e) => Some(e),
-                    Change::Remove(_) => None,
-                })
-                .collect();
-            if let Some(entries) = entries {
-                return JournalOut::Rows {
-                    seq,
-                    op,
-                    table,
-                    entries,
-                };
-            }
-            let keys: Option<Vec<&Key>> = batch
-                .iter()
-                .map(|c| match c {
+                .filter_map(|c| match c {
                     Change::Remove(k) => Some(k),
                     _ => None,
                 })
                 .collect();
-            if let Some(keys) = keys {
-                return JournalOut::Keys {
-                    seq,
-                    op,
-                    table,
-                    keys,
-                };
+            JournalOut::Keys {
+                seq,
+                op,
+                table,
+                keys,
             }
-        }
-        JournalOut::Changes {
-            seq,
-            changes: batch,
+        } else {
+            let entries = batch
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Add(e) | Change::Update(e) => Some(e),
+                    Change::Remove(_) => None,
+                })
+                .collect();
+            JournalOut::Rows {
+                seq,
+                op,
+                table,
+                entries,
+            }
         }
     }
 }
@@ -423,56 +422,33 @@ impl JournalIn<'_> {
             .sum()
     }
 
-    /// The record's changes, decoded and validated as the protocol does;
-    /// on error, which change and why.
-    fn changes(&self) -> Result<Vec<Change>, String> {
-        let bad = |i: usize, f: &str, r: &str| format!("change {i}: `{f}`: {r}");
-        match (
-            &self.changes,
-            &self.op,
-            &self.table,
-            &self.entries,
-            &self.keys,
-        ) {
-            (Some(changes), None, None, None, None) => changes
-                .iter()
-                .enumerate()
-                .map(|(i, c)| parse_change(c.get()).map_err(|(f, r)| bad(i, &f, &r)))
-                .collect(),
-            (None, Some(op), Some(table), entries, keys) => {
-                let table: Table = table.parse().map_err(|r: String| bad(0, "table", &r))?;
-                match (op.as_str(), entries, keys) {
-                    ("add" | "update", Some(entries), None) => entries
-                        .iter()
-                        .enumerate()
-                        .map(|(i, e)| {
-                            let e = Entry::from_json(table, e.get())
-                                .map_err(|m| bad(i, &m.field, &m.reason))?;
-                            Ok(if op == "add" {
-                                Change::Add(e)
-                            } else {
-                                Change::Update(e)
-                            })
-                        })
-                        .collect(),
-                    ("remove", None, Some(keys)) => keys
-                        .iter()
-                        .enumerate()
-                        .map(|(i, k)| {
-                            Key::from_json(table, k.get())
-                                .map(Change::Remove)
-                                .map_err(|m| bad(i, &m.field, &m.reason))
-                        })
-                        .collect(),
-                    ("remove", _, _) => Err("op \"remove\" needs `keys` and no `entries`".into()),
-                    ("add" | "update", _, _) => {
-                        Err(format!("op {op:?} needs `entries` and no `keys`"))
-                    }
-                    _ => Err(format!("unknown op {op:?}")),
-                }
-            }
-            _ => Err("neither `changes` nor `op`, `table` and `entries` or `keys`".into()),
-        }
+    /// The record's changes, decoded and validated as the protocol decodes
+    /// a request of the same shape (a record without `op` is a `batch`).
+    fn changes(self) -> Result<Vec<Change>, ProtocolError> {
+        let op = self.op.as_deref().unwrap_or("batch");
+        let present = [
+            ("table", self.table.is_some()),
+            ("entries", self.entries.is_some()),
+            ("keys", self.keys.is_some()),
+            ("changes", self.changes.is_some()),
+        ];
+        check_fields(op, &present)?;
+        let table = self
+            .table
+            .as_deref()
+            .map(|t| {
+                t.parse::<Table>()
+                    .map_err(|r| ProtocolError::new(None, "table", r))
+            })
+            .transpose()?;
+        let (_, changes) = batch_changes(BatchFields {
+            op,
+            table,
+            entries: self.entries,
+            keys: self.keys,
+            changes: self.changes,
+        })?;
+        Ok(changes)
     }
 }
 
@@ -611,7 +587,10 @@ impl Store {
             if rec.seq + n <= state.seq() {
                 report.skipped_records += 1;
             } else if rec.seq == state.seq() {
-                let changes = rec.changes().map_err(corrupt)?;
+                let changes = rec.changes().map_err(|e| {
+                    let at = e.index.map(|i| format!("change {i}: ")).unwrap_or_default();
+                    corrupt(format!("{at}`{}`: {}", e.field, e.reason))
+                })?;
                 state
                     .apply(&changes)
                     .map_err(|e| corrupt(format!("record does not apply: {e}")))?;
