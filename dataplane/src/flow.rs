@@ -27,6 +27,14 @@
 //! match. The index has 4 slots per entry, so with every entry in use its
 //! buckets are half full on average.
 //!
+//! An entry is three cache lines. The first holds what a forward hit
+//! needs: the forward key packed to 42 bytes, the last-seen time, the state
+//! bits and the decision (at most 18 bytes; [`FlowDecision`] is exactly
+//! that). The other two hold the reply key, the reverse rewrite and the
+//! forward actions, read by replies and by flows with remaps only. So a
+//! forward hit reads its bucket and one entry line, both prefetched in a
+//! bulk lookup ([`FlowTable::prefetch`], [`FlowTable::prefetch_entry`]).
+//!
 //! The hash is seeded folded multiplies over the key's words (no SipHash:
 //! the bounded window below, not the hash, is the defence against crafted
 //! keys; a per-table random seed makes targeting a bucket harder).
@@ -34,9 +42,11 @@
 //! # Expiry and eviction
 //! - Idle timeout: an entry unseen for longer than `idle_timeout` is
 //!   expired when next met (lookup, insert, the [`FlowTable::expire`]
-//!   sweep). After a FIN or RST in either direction the shorter
-//!   `closing_timeout` applies; a new SYN on a closing flow starts a new
-//!   flow (the old entry ends, so the policy is asked again).
+//!   sweep). Times are kept in 32 bits, in quanta of 1/65 536 of the idle
+//!   timeout (exact for timeouts below 65 536 units). After a FIN or RST
+//!   in either direction the shorter `closing_timeout` applies; a new SYN
+//!   on a closing flow starts a new flow (the old entry ends, so the
+//!   policy is asked again).
 //! - Table full (no free entry): evict from a sample of 16 entries taken
 //!   round-robin, the first expired one, else the least recently seen.
 //! - Both buckets of a key full: evict within that 16-slot probe window,
@@ -46,7 +56,7 @@
 //! `evictions`; both are counted, never silent, and nothing ever grows.
 use thiserror::Error;
 
-use crate::packet::{ActionSet, FlowKey, IpVersion, ReverseRewrite, TCP_ACK, TCP_FIN};
+use crate::packet::{ActionSet, Dscp, FlowKey, IpVersion, ReverseRewrite, TCP_ACK, TCP_FIN};
 use crate::packet::{TCP_RST, TCP_SYN};
 use crate::stats::Direction;
 use crate::tables::Stamp;
@@ -58,34 +68,115 @@ const SLOTS: usize = 8;
 const EMPTY: u32 = u32::MAX;
 const EVICT_SAMPLE: usize = 16;
 
-/// The per-flow payload the table keeps for the policy: what the flow's
-/// forward direction gets and what that depends on.
+/// The per-flow payload the table keeps for the policy: what every packet
+/// of the flow needs, in 18 bytes so that it shares the flow's first cache
+/// line with the key (see the module doc). The forward rewrites beyond the
+/// DSCP (port and address remaps, MSS clamp) are kept with the reply state
+/// ([`FlowHit::actions`]); [`FlowDecision::remaps`] says whether there are
+/// any, so that a flow without them never reads that line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(2))]
 pub struct FlowDecision {
-    pub actions: ActionSet,
-    /// The priority level (0 highest; see the policy model).
-    pub level: u8,
-    /// Decided by a static config rule: final for the flow's life. A
-    /// decision from the policy tables is re-checked with `stamp` on every
-    /// forward packet and re-classified when stale.
-    pub pinned: bool,
+    stamp: Stamp,
     /// The binding's meter ([`NO_METER`]: unmetered).
-    pub meter: u32,
-    pub stamp: Stamp,
+    meter: u32,
+    /// Bits 0-2: the level; bit 6: pinned; bit 7: remaps.
+    bits: u8,
+    /// Bit 7: a DSCP is set; bits 0-5: the DSCP.
+    dscp: u8,
 }
 
 /// [`FlowDecision::meter`] of an unmetered flow.
 pub const NO_METER: u32 = u32::MAX;
 
+const PINNED: u8 = 1 << 6;
+const REMAPS: u8 = 1 << 7;
+const HAS_DSCP: u8 = 1 << 7;
+
+impl FlowDecision {
+    /// A flow's decision from its forward `actions`, its priority `level`
+    /// (0 highest, at most 7), its meter and its policy stamp. `pinned`: decided
+    /// by a static config rule, final for the flow's life; a decision from
+    /// the policy tables is re-checked with its stamp on every forward
+    /// packet and re-classified when stale.
+    pub fn new(actions: &ActionSet, level: u8, pinned: bool, meter: u32, stamp: Stamp) -> Self {
+        let remaps =
+            actions.dst_port.is_some() || actions.dst_addr.is_some() || actions.mss_clamp.is_some();
+        FlowDecision {
+            stamp,
+            meter,
+            bits: (level & 7) | if pinned { PINNED } else { 0 } | if remaps { REMAPS } else { 0 },
+            dscp: actions.dscp.map_or(0, |d| HAS_DSCP | d.value()),
+        }
+    }
+
+    /// The priority level (0 highest; see the policy model).
+    #[inline]
+    pub fn level(&self) -> u8 {
+        self.bits & 7
+    }
+
+    #[inline]
+    pub fn pinned(&self) -> bool {
+        self.bits & PINNED != 0
+    }
+
+    /// Whether the forward actions do more than set the DSCP: then they are
+    /// in [`FlowHit::actions`].
+    #[inline]
+    pub fn remaps(&self) -> bool {
+        self.bits & REMAPS != 0
+    }
+
+    #[inline]
+    pub fn dscp(&self) -> Option<Dscp> {
+        if self.dscp & HAS_DSCP != 0 {
+            Dscp::new(self.dscp & 0x3f)
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    pub fn meter(&self) -> u32 {
+        self.meter
+    }
+
+    #[inline]
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+
+    /// The same decision with another stamp.
+    #[inline]
+    pub fn with_stamp(self, stamp: Stamp) -> Self {
+        FlowDecision { stamp, ..self }
+    }
+
+    /// The forward actions of a flow whose hit is `hit`: the DSCP alone,
+    /// or everything from the reply line when there are remaps.
+    #[inline]
+    pub fn actions(&self, hit: &FlowHit<'_, FlowDecision>) -> ActionSet {
+        if self.remaps() {
+            *hit.actions
+        } else {
+            ActionSet {
+                dscp: self.dscp(),
+                ..ActionSet::default()
+            }
+        }
+    }
+}
+
 impl Default for FlowDecision {
     fn default() -> Self {
-        FlowDecision {
-            actions: ActionSet::default(),
-            level: crate::tables::BEST_EFFORT,
-            pinned: false,
-            meter: NO_METER,
-            stamp: Stamp::default(),
-        }
+        FlowDecision::new(
+            &ActionSet::default(),
+            crate::tables::BEST_EFFORT,
+            false,
+            NO_METER,
+            Stamp::default(),
+        )
     }
 }
 
@@ -151,15 +242,28 @@ pub enum Side {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowHandle(u32);
 
-/// A successful lookup. It borrows the entry rather than copying it (the
-/// copy through the stack cost more than the lookup); copy out what must
-/// outlive the borrow, e.g. before [`FlowTable::set_decision`].
+/// A successful lookup. The decision is copied out (18 bytes); the reply
+/// state and the forward remaps are borrowed, since only replies and flows
+/// with remaps read them (a second cache line).
 #[derive(Debug, Clone, Copy)]
 pub struct FlowHit<'a, D> {
     pub handle: FlowHandle,
     pub side: Side,
-    pub decision: &'a D,
+    pub decision: D,
     pub reverse: &'a ReverseRewrite,
+    /// The forward actions the flow was inserted with (see
+    /// [`FlowTable::set_actions`]).
+    pub actions: &'a ActionSet,
+}
+
+/// Where [`FlowTable::prefetch_entry`] expects a key's flow (an entry
+/// reference), for [`FlowTable::lookup_hashed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hint(u32);
+
+impl Hint {
+    /// No expectation: the lookup walks the buckets.
+    pub const NONE: Hint = Hint(EMPTY);
 }
 
 /// Counters since construction. The worker copies them into its published
@@ -194,53 +298,137 @@ const EMPTY_BUCKET: Bucket = Bucket {
     slot: [EMPTY; SLOTS],
 };
 
-/// The first cache line of an entry: the forward key and what every hit
-/// reads and writes (expiry).
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Head {
-    fwd: FlowKey,
-    last_seen: u64,
-    live: bool,
-    closing: bool,
+/// Kind bits of [`Hot::kind`] and [`PackedKey::kind`]: the protocol, then
+/// the key's family and direction, then the entry's state.
+const KIND_V6: u16 = 1 << 8;
+const KIND_DOWN: u16 = 1 << 9;
+const KIND_KEY: u16 = (1 << 10) - 1;
+const LIVE: u16 = 1 << 10;
+const CLOSING: u16 = 1 << 11;
+
+/// A flow key as the first line stores it: 42 bytes instead of
+/// [`FlowKey`]'s 48, so that the line has room for the decision.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct PackedKey {
+    src: u128,
+    dst: u128,
+    /// `src_port | dst_port << 16 | vlan << 32`.
+    ports: u64,
+    /// `proto | KIND_V6 | KIND_DOWN`.
+    kind: u16,
 }
 
-/// A value starting on a cache line of its own.
+impl PackedKey {
+    #[inline(always)]
+    fn of(k: &FlowKey) -> PackedKey {
+        PackedKey {
+            src: k.src,
+            dst: k.dst,
+            ports: u64::from(k.src_port) | u64::from(k.dst_port) << 16 | u64::from(k.vlan) << 32,
+            kind: u16::from(k.proto)
+                | if k.version == IpVersion::V6 {
+                    KIND_V6
+                } else {
+                    0
+                }
+                | if k.direction == Direction::Downstream {
+                    KIND_DOWN
+                } else {
+                    0
+                },
+        }
+    }
+}
+
+/// The first cache line of an entry: the forward key, what every hit reads
+/// and writes (expiry, state) and the decision, so that a forward hit
+/// without remaps reads this line and its bucket and nothing else.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Line<T>(T);
+struct Hot<D> {
+    src: u128,
+    dst: u128,
+    ports: u64,
+    /// When last seen, in quanta of the table's clock (`now >> shift`),
+    /// wrapping; see [`FlowTable::age`].
+    last: u32,
+    /// [`PackedKey::kind`] plus [`LIVE`] and [`CLOSING`].
+    kind: u16,
+    decision: D,
+}
 
-/// One flow, in 256 bytes. Laid out so that a hit in the forward direction,
-/// the common case, touches exactly two cache lines (the head, then the
-/// decision on the next line), both prefetched by
-/// [`FlowTable::prefetch_entry`]; a reply also reads the reply key and the
-/// reverse rewrite (the last two lines). Before this layout the decision
-/// straddled lines 0 and 1 and only line 0 was prefetched: the bulk hit cost
-/// about 3x more (`sluice-perf classify`: 303 against ~96 cycles).
+impl<D> Hot<D> {
+    #[inline(always)]
+    fn matches(&self, k: &PackedKey) -> bool {
+        self.src == k.src
+            && self.dst == k.dst
+            && self.ports == k.ports
+            && self.kind & KIND_KEY == k.kind
+    }
+
+    fn key(&self) -> FlowKey {
+        FlowKey {
+            src: self.src,
+            dst: self.dst,
+            src_port: self.ports as u16,
+            dst_port: (self.ports >> 16) as u16,
+            vlan: (self.ports >> 32) as u32,
+            proto: self.kind as u8,
+            version: if self.kind & KIND_V6 != 0 {
+                IpVersion::V6
+            } else {
+                IpVersion::V4
+            },
+            direction: if self.kind & KIND_DOWN != 0 {
+                Direction::Downstream
+            } else {
+                Direction::Upstream
+            },
+        }
+    }
+
+    #[inline(always)]
+    fn live(&self) -> bool {
+        self.kind & LIVE != 0
+    }
+
+    #[inline(always)]
+    fn closing(&self) -> bool {
+        self.kind & CLOSING != 0
+    }
+}
+
+/// One flow, in 192 bytes: the [`Hot`] line, then what only replies and
+/// flows with remaps read. A forward hit touches one line of the entry,
+/// prefetched by [`FlowTable::prefetch_entry`]. (Before, the key and the
+/// decision were on two lines and the validity line of the stamp was a
+/// third: `sluice-perf classify`, bulk hit, ~97 cycles.)
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Entry<D> {
-    head: Head,
-    decision: Line<D>,
-    tail: Line<Tail>,
+    hot: Hot<D>,
+    tail: Tail,
 }
 
-/// What only replies read: the reply key and the rewrite that undoes the
-/// forward one.
+/// The reply key, the rewrite that undoes the forward one, and the forward
+/// actions.
 #[derive(Clone, Copy)]
+#[repr(C, align(64))]
 struct Tail {
     rev: FlowKey,
     reverse: ReverseRewrite,
+    actions: ActionSet,
 }
 
 impl<D> Entry<D> {
-    /// The key of `side` (0 forward, 1 reply).
-    #[inline]
-    fn key(&self, side: u32) -> &FlowKey {
+    /// Whether `side`'s key (0 forward, 1 reply) is `key` (`packed`: the
+    /// same key, packed).
+    #[inline(always)]
+    fn matches(&self, side: u32, key: &FlowKey, packed: &PackedKey) -> bool {
         if side == 0 {
-            &self.head.fwd
+            self.hot.matches(packed)
         } else {
-            &self.tail.0.rev
+            self.tail.rev == *key
         }
     }
 }
@@ -256,6 +444,13 @@ const NO_KEY: FlowKey = FlowKey {
     direction: Direction::Upstream,
 };
 
+/// How many quanta of the table's clock the idle timeout spans at most:
+/// ages are kept in 32 bits, so an age is known for 2^31 quanta, 32 768
+/// idle timeouts (45 days at 120 s), long after the sweep removed the
+/// entry; the timeouts are kept to 1 / 65 536 of the idle one (1.8 ms at
+/// 120 s).
+const TIMEOUT_QUANTA: u32 = 16;
+
 /// A bounded two-sided flow table, generic over a small `Copy` per-flow
 /// decision (default [`FlowDecision`]). See the module doc.
 pub struct FlowTable<D: Copy + Default = FlowDecision> {
@@ -267,8 +462,11 @@ pub struct FlowTable<D: Copy + Default = FlowDecision> {
     mask: usize,
     /// Per-word hash keys derived from the configured seed.
     keys: [u64; 6],
-    idle: u64,
-    closing: u64,
+    /// `now >> shift` is the table's clock (see [`TIMEOUT_QUANTA`]).
+    shift: u32,
+    /// The timeouts in quanta of that clock.
+    idle: u32,
+    closing: u32,
     /// Next entry the full-table eviction samples.
     hand: usize,
     /// Next entry the [`FlowTable::expire`] sweep looks at.
@@ -296,20 +494,29 @@ impl<D: Copy + Default> FlowTable<D> {
 
     /// `cfg` validated; `nbuckets` a power of two, at least 2.
     fn with_buckets(cfg: FlowTableConfig, nbuckets: usize) -> Self {
+        const {
+            assert!(
+                std::mem::size_of::<Hot<D>>() == 64,
+                "the decision must fit the entry's first line (18 bytes, alignment <= 2)"
+            )
+        };
         let cap = cfg.capacity as usize;
         let empty = Entry {
-            head: Head {
-                fwd: NO_KEY,
-                last_seen: 0,
-                live: false,
-                closing: false,
+            hot: Hot {
+                src: 0,
+                dst: 0,
+                ports: 0,
+                last: 0,
+                kind: 0,
+                decision: D::default(),
             },
-            decision: Line(D::default()),
-            tail: Line(Tail {
+            tail: Tail {
                 rev: NO_KEY,
                 reverse: ReverseRewrite::default(),
-            }),
+                actions: ActionSet::default(),
+            },
         };
+        let shift = (u64::BITS - cfg.idle_timeout.leading_zeros()).saturating_sub(TIMEOUT_QUANTA);
         let mut free = Vec::with_capacity(cap);
         free.extend((0..cfg.capacity).rev());
         FlowTable {
@@ -318,8 +525,9 @@ impl<D: Copy + Default> FlowTable<D> {
             buckets: crate::dpdk::huge_vec(nbuckets, EMPTY_BUCKET).into_boxed_slice(),
             mask: nbuckets - 1,
             keys: hash_keys(cfg.seed),
-            idle: cfg.idle_timeout,
-            closing: cfg.closing_timeout,
+            shift,
+            idle: (cfg.idle_timeout >> shift) as u32,
+            closing: (cfg.closing_timeout >> shift) as u32,
             hand: 0,
             sweep: 0,
             counters: FlowCounters::default(),
@@ -352,7 +560,7 @@ impl<D: Copy + Default> FlowTable<D> {
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, tcp_flags: u8, now: u64) -> Option<FlowHit<'_, D>> {
         let h = self.hash(key);
-        self.lookup_hashed(key, h, tcp_flags, now)
+        self.lookup_hashed(key, h, Hint::NONE, tcp_flags, now)
     }
 
     /// First step of a bulk lookup: hashes `key` and prefetches its first
@@ -372,42 +580,60 @@ impl<D: Copy + Default> FlowTable<D> {
 
     /// Second step: prefetches the entry lines of the key's signature
     /// matches in its first bucket (in cache by now), or, with none there,
-    /// the second bucket.
+    /// the second bucket. Returns the first match, for
+    /// [`FlowTable::lookup_hashed`] to try before walking the buckets again.
     #[inline]
-    pub fn prefetch_entry(&self, h: u64) {
+    pub fn prefetch_entry(&self, h: u64) -> Hint {
         let (b1, b2, sig) = self.buckets_of(h);
         let Some(bucket) = self.buckets.get(b1) else {
-            return;
+            return Hint::NONE;
         };
         let mut m = sig_matches(bucket, sig);
         if m == 0 {
             if let Some(b) = self.buckets.get(b2) {
                 crate::dpdk::prefetch(b);
             }
+            return Hint::NONE;
         }
+        let first = Hint(bucket.slot[(m.trailing_zeros() as usize) & (SLOTS - 1)]);
         while m != 0 {
             let r = bucket.slot[(m.trailing_zeros() as usize) & (SLOTS - 1)];
             m &= m - 1;
             if let Some(e) = self.entries.get((r >> 1) as usize) {
-                crate::dpdk::prefetch(&e.head);
-                crate::dpdk::prefetch_lines(&e.decision);
+                crate::dpdk::prefetch(&e.hot);
                 if r & 1 != 0 {
                     crate::dpdk::prefetch_lines(&e.tail);
                 }
             }
         }
+        first
     }
 
-    /// [`FlowTable::lookup`] with the hash from [`FlowTable::prefetch`].
-    #[inline]
+    /// [`FlowTable::lookup`] with the hash from [`FlowTable::prefetch`]
+    /// and the hint from [`FlowTable::prefetch_entry`] (or [`Hint::NONE`]).
+    /// The hinted entry is taken if it is live and holds `key` on the
+    /// hinted side: keys are unique in the table, so that is the flow, even
+    /// if the table changed since the hint was taken. Otherwise the buckets
+    /// are walked.
+    #[inline(always)]
     pub fn lookup_hashed(
         &mut self,
         key: &FlowKey,
         h: u64,
+        hint: Hint,
         tcp_flags: u8,
         now: u64,
     ) -> Option<FlowHit<'_, D>> {
-        let Some(r) = self.find(key, h) else {
+        let hinted = self
+            .entries
+            .get((hint.0 >> 1) as usize)
+            .is_some_and(|e| e.hot.live() && e.matches(hint.0 & 1, key, &PackedKey::of(key)));
+        let found = if hinted {
+            Some(hint.0)
+        } else {
+            self.find(key, h)
+        };
+        let Some(r) = found else {
             self.counters.misses += 1;
             return None;
         };
@@ -418,7 +644,7 @@ impl<D: Copy + Default> FlowTable<D> {
             Side::Reply
         };
         let (closing, expired) = match self.entries.get(idx as usize) {
-            Some(e) => (e.head.closing, self.head_expired(&e.head, now)),
+            Some(e) => (e.hot.closing(), self.hot_expired(&e.hot, now)),
             None => return None,
         };
         let reopened =
@@ -430,27 +656,34 @@ impl<D: Copy + Default> FlowTable<D> {
             return None;
         }
         self.counters.hits += 1;
+        let q = self.clock(now);
         let e = self.entries.get_mut(idx as usize)?;
-        e.head.last_seen = e.head.last_seen.max(now);
+        // Never backwards (a caller's clock may lag another's slightly).
+        if (q.wrapping_sub(e.hot.last) as i32) > 0 {
+            e.hot.last = q;
+        }
         if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            e.head.closing = true;
+            e.hot.kind |= CLOSING;
         }
         Some(FlowHit {
             handle: FlowHandle(idx),
             side,
-            decision: &e.decision.0,
-            reverse: &e.tail.0.reverse,
+            decision: e.hot.decision,
+            reverse: &e.tail.reverse,
+            actions: &e.tail.actions,
         })
     }
 
     /// Stores a new flow under its forward key `fwd` (the packet's key
-    /// before any rewrite) and its reply key `fwd.reply_key(&reverse)`.
-    /// Makes room by the counted eviction policy in the module doc; never
+    /// before any rewrite) and its reply key `fwd.reply_key(&reverse)`,
+    /// with the forward `actions` it gets ([`FlowHit::actions`]). Makes
+    /// room by the counted eviction policy in the module doc; never
     /// allocates. An existing flow with the same forward key is replaced.
     pub fn insert(
         &mut self,
         fwd: FlowKey,
         reverse: ReverseRewrite,
+        actions: ActionSet,
         decision: D,
         tcp_flags: u8,
         now: u64,
@@ -479,15 +712,26 @@ impl<D: Copy + Default> FlowTable<D> {
         let Some(e) = self.entries.get_mut(idx as usize) else {
             return Err(InsertError::NoRoom);
         };
+        let packed = PackedKey::of(&fwd);
+        let closing = if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            CLOSING
+        } else {
+            0
+        };
         *e = Entry {
-            head: Head {
-                fwd,
-                last_seen: now,
-                live: true,
-                closing: tcp_flags & (TCP_FIN | TCP_RST) != 0,
+            hot: Hot {
+                src: packed.src,
+                dst: packed.dst,
+                ports: packed.ports,
+                last: (now >> self.shift) as u32,
+                kind: packed.kind | LIVE | closing,
+                decision,
             },
-            decision: Line(decision),
-            tail: Line(Tail { rev, reverse }),
+            tail: Tail {
+                rev,
+                reverse,
+                actions,
+            },
         };
         for (h, r) in [(hf, idx << 1), (hr, idx << 1 | 1)] {
             if !self.place(h, r) {
@@ -506,8 +750,21 @@ impl<D: Copy + Default> FlowTable<D> {
     /// Returns false if the handle's flow is gone.
     pub fn set_decision(&mut self, h: FlowHandle, decision: D) -> bool {
         match self.entries.get_mut(h.0 as usize) {
-            Some(e) if e.head.live => {
-                e.decision = Line(decision);
+            Some(e) if e.hot.live() => {
+                e.hot.decision = decision;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Replaces the forward actions of a live flow ([`FlowHit::actions`]).
+    /// The reply state stays as inserted: remaps are fixed at a flow's
+    /// start. Returns false if the handle's flow is gone.
+    pub fn set_actions(&mut self, h: FlowHandle, actions: ActionSet) -> bool {
+        match self.entries.get_mut(h.0 as usize) {
+            Some(e) if e.hot.live() => {
+                e.tail.actions = actions;
                 true
             }
             _ => false,
@@ -547,20 +804,32 @@ impl<D: Copy + Default> FlowTable<D> {
 
     #[inline]
     fn is_live(&self, idx: u32) -> bool {
-        self.entries.get(idx as usize).is_some_and(|e| e.head.live)
+        self.entries.get(idx as usize).is_some_and(|e| e.hot.live())
     }
 
     #[inline]
     fn is_expired(&self, idx: u32, now: u64) -> bool {
         self.entries
             .get(idx as usize)
-            .is_some_and(|e| self.head_expired(&e.head, now))
+            .is_some_and(|e| self.hot_expired(&e.hot, now))
+    }
+
+    /// `now` on the table's clock.
+    #[inline(always)]
+    fn clock(&self, now: u64) -> u32 {
+        (now >> self.shift) as u32
+    }
+
+    /// Quanta since the entry was last seen; negative if `now` lags it.
+    #[inline(always)]
+    fn age<X>(&self, h: &Hot<X>, now: u64) -> i32 {
+        self.clock(now).wrapping_sub(h.last) as i32
     }
 
     #[inline(always)]
-    fn head_expired(&self, h: &Head, now: u64) -> bool {
-        let timeout = if h.closing { self.closing } else { self.idle };
-        now.saturating_sub(h.last_seen) > timeout
+    fn hot_expired(&self, h: &Hot<D>, now: u64) -> bool {
+        let timeout = if h.closing() { self.closing } else { self.idle };
+        i64::from(self.age(h, now)) > i64::from(timeout)
     }
 
     /// Seeded folded multiplies over the key's six 64-bit words (each
@@ -600,6 +869,7 @@ impl<D: Copy + Default> FlowTable<D> {
     #[inline(always)]
     fn find(&self, key: &FlowKey, h: u64) -> Option<u32> {
         let (b1, b2, sig) = self.buckets_of(h);
+        let packed = PackedKey::of(key);
         for b in [b1, b2] {
             let bucket = self.buckets.get(b)?;
             let mut m = sig_matches(bucket, sig);
@@ -609,7 +879,7 @@ impl<D: Copy + Default> FlowTable<D> {
                 let hit = self
                     .entries
                     .get((r >> 1) as usize)
-                    .is_some_and(|e| e.key(r & 1) == key);
+                    .is_some_and(|e| e.matches(r & 1, key, &packed));
                 if hit {
                     return Some(r);
                 }
@@ -647,11 +917,11 @@ impl<D: Copy + Default> FlowTable<D> {
         let Some(e) = self.entries.get_mut(idx as usize) else {
             return;
         };
-        if !e.head.live {
+        if !e.hot.live() {
             return;
         }
-        e.head.live = false;
-        let keys = [e.head.fwd, e.tail.0.rev];
+        e.hot.kind &= !LIVE;
+        let keys = [e.hot.key(), e.tail.rev];
         for (side, key) in (0u32..).zip(keys.iter()) {
             let r = idx << 1 | side;
             let (b1, b2, _) = self.buckets_of(self.hash(key));
@@ -673,20 +943,21 @@ impl<D: Copy + Default> FlowTable<D> {
     /// Of the given live entries, the first expired one, else the least
     /// recently seen; with whether it had expired.
     fn pick_victim(&self, candidates: impl Iterator<Item = u32>, now: u64) -> Option<(u32, bool)> {
-        let mut oldest: Option<(u32, u64)> = None;
+        let mut oldest: Option<(u32, i32)> = None;
         for idx in candidates {
-            let Some(e) = self.entries.get(idx as usize).filter(|e| e.head.live) else {
+            let Some(e) = self.entries.get(idx as usize).filter(|e| e.hot.live()) else {
                 continue;
             };
-            if self.is_expired(idx, now) {
+            if self.hot_expired(&e.hot, now) {
                 return Some((idx, true));
             }
+            let age = self.age(&e.hot, now);
             let older = match oldest {
                 None => true,
-                Some((_, t)) => e.head.last_seen < t,
+                Some((_, a)) => age > a,
             };
             if older {
-                oldest = Some((idx, e.head.last_seen));
+                oldest = Some((idx, age));
             }
         }
         oldest.map(|(idx, _)| (idx, false))
@@ -815,18 +1086,80 @@ mod tests {
     }
 
     /// The layout the bulk lookup's prefetches assume: a forward hit reads
-    /// lines 0 and 1 only, a reply also lines 2 and 3.
+    /// line 0 only, a reply (or a flow with remaps) also lines 1 and 2.
     #[test]
     fn entry_layout() {
         use std::mem::{offset_of, size_of};
         type E = super::Entry<super::FlowDecision>;
-        assert_eq!(size_of::<super::Head>(), 64);
-        assert_eq!(size_of::<E>(), 256);
-        assert_eq!(offset_of!(E, head), 0);
-        assert_eq!(offset_of!(E, decision), 64);
-        assert!(size_of::<super::FlowDecision>() <= 64);
-        assert_eq!(offset_of!(E, tail), 128);
+        assert_eq!(size_of::<super::FlowDecision>(), 18);
+        assert_eq!(size_of::<super::Hot<super::FlowDecision>>(), 64);
+        assert_eq!(offset_of!(super::Hot<super::FlowDecision>, decision), 46);
+        assert_eq!(size_of::<E>(), 192);
+        assert_eq!(offset_of!(E, tail), 64);
         assert!(size_of::<super::Tail>() <= 128);
+    }
+
+    #[test]
+    fn a_decision_keeps_what_it_was_built_from() {
+        let actions = ActionSet {
+            dscp: crate::packet::Dscp::new(46),
+            ..ActionSet::default()
+        };
+        let d = FlowDecision::new(&actions, 3, false, 17, Stamp::default());
+        assert_eq!((d.level(), d.pinned(), d.remaps()), (3, false, false));
+        assert_eq!((d.dscp(), d.meter()), (crate::packet::Dscp::new(46), 17));
+        let remap = ActionSet {
+            dst_port: Some(8080),
+            ..ActionSet::default()
+        };
+        let d = FlowDecision::new(&remap, 7, true, NO_METER, Stamp::default());
+        assert_eq!(
+            (d.level(), d.pinned(), d.remaps(), d.dscp()),
+            (7, true, true, None)
+        );
+        assert_eq!(FlowDecision::default().level(), crate::tables::BEST_EFFORT);
+    }
+
+    /// Timeouts far beyond 2^16 units are kept in coarser quanta: a flow
+    /// still expires once its timeout has passed, to within one quantum.
+    #[test]
+    fn coarse_clocks_expire_on_time() {
+        let idle = 120_000_000_000u64; // 120 s in ns
+        let mut t: FlowTable<u32> = FlowTable::new(FlowTableConfig {
+            capacity: 4,
+            idle_timeout: idle,
+            closing_timeout: idle / 12,
+            seed: 1,
+        })
+        .unwrap();
+        let quantum = 1u64 << t.shift;
+        assert!(quantum * 65_536 <= 2 * idle && quantum * 65_536 > idle / 2);
+        let start = 1u64 << 40;
+        t.insert(
+            key(1),
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            1,
+            0,
+            start,
+        )
+        .unwrap();
+        assert!(t.lookup(&key(1), 0, start + idle - quantum).is_some());
+        let seen = start + idle - quantum;
+        assert!(t.lookup(&key(1), 0, seen + idle - quantum).is_some());
+        let seen = seen + idle - quantum;
+        assert!(t.lookup(&key(1), 0, seen + idle + 2 * quantum).is_none());
+        // A clock a little behind the last sighting is not an expiry.
+        t.insert(
+            key(2),
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            2,
+            0,
+            start,
+        )
+        .unwrap();
+        assert!(t.lookup(&key(2), 0, start - 5 * quantum).is_some());
     }
 
     #[test]
@@ -851,15 +1184,12 @@ mod tests {
     fn reply_direction_finds_the_entry_with_the_reverse_state() {
         let mut t = table(16);
         let rr = remap();
-        t.insert(key(1), rr, 7, 0, 0).unwrap();
+        t.insert(key(1), rr, ActionSet::default(), 7, 0, 0).unwrap();
 
         let reply = key(1).reply_key(&rr);
         assert_eq!(reply.src_port, 8080);
         let hit = t.lookup(&reply, 0, 1).expect("reply hit");
-        assert_eq!(
-            (hit.side, *hit.decision, *hit.reverse),
-            (Side::Reply, 7, rr)
-        );
+        assert_eq!((hit.side, hit.decision, *hit.reverse), (Side::Reply, 7, rr));
         assert_eq!(
             hit.reverse.src_port,
             Some(PortRewrite { from: 8080, to: 80 })
@@ -878,8 +1208,15 @@ mod tests {
     #[test]
     fn keys_differ_by_direction_vlan_and_protocol() {
         let mut t = table(16);
-        t.insert(key(1), ReverseRewrite::default(), 1, 0, 0)
-            .unwrap();
+        t.insert(
+            key(1),
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            1,
+            0,
+            0,
+        )
+        .unwrap();
         let mut k = key(1);
         k.direction = Direction::Downstream;
         assert!(t.lookup(&k, 0, 0).is_none());
@@ -894,7 +1231,8 @@ mod tests {
     #[test]
     fn idle_flows_expire_and_traffic_keeps_them_alive() {
         let mut t = table(16);
-        t.insert(key(1), remap(), 1, 0, 0).unwrap();
+        t.insert(key(1), remap(), ActionSet::default(), 1, 0, 0)
+            .unwrap();
         assert!(
             t.lookup(&key(1), 0, IDLE).is_some(),
             "exactly the timeout is not idle"
@@ -915,7 +1253,8 @@ mod tests {
     fn fin_or_rst_switches_to_the_closing_timeout() {
         for flags in [TCP_FIN | TCP_ACK, TCP_RST] {
             let mut t = table(16);
-            t.insert(key(1), remap(), 1, TCP_SYN, 0).unwrap();
+            t.insert(key(1), remap(), ActionSet::default(), 1, TCP_SYN, 0)
+                .unwrap();
             let reply = key(1).reply_key(&remap());
             // The FIN or RST comes from the server side.
             assert!(t.lookup(&reply, flags, 10).is_some());
@@ -928,21 +1267,24 @@ mod tests {
     #[test]
     fn a_flow_inserted_with_rst_starts_closing() {
         let mut t = table(4);
-        t.insert(key(1), remap(), 1, TCP_RST, 0).unwrap();
+        t.insert(key(1), remap(), ActionSet::default(), 1, TCP_RST, 0)
+            .unwrap();
         assert!(t.lookup(&key(1), 0, CLOSING + 1).is_none());
     }
 
     #[test]
     fn a_new_syn_on_a_closing_flow_starts_a_new_flow() {
         let mut t = table(16);
-        t.insert(key(1), remap(), 1, TCP_SYN, 0).unwrap();
+        t.insert(key(1), remap(), ActionSet::default(), 1, TCP_SYN, 0)
+            .unwrap();
         assert!(t.lookup(&key(1), TCP_FIN | TCP_ACK, 1).is_some());
         // Retransmitted SYN-ACK-like segments do not reopen; a bare SYN does.
         assert!(t.lookup(&key(1), TCP_SYN | TCP_ACK, 2).is_some());
         assert!(t.lookup(&key(1), TCP_SYN, 3).is_none());
         assert!(t.is_empty());
         // A SYN on a flow that is not closing is just a hit (retransmission).
-        t.insert(key(1), remap(), 2, TCP_SYN, 4).unwrap();
+        t.insert(key(1), remap(), ActionSet::default(), 2, TCP_SYN, 4)
+            .unwrap();
         assert!(t.lookup(&key(1), TCP_SYN, 5).is_some());
     }
 
@@ -950,11 +1292,13 @@ mod tests {
     fn a_full_table_evicts_the_oldest_and_counts_it() {
         let mut t = table(4);
         for n in 0..4 {
-            t.insert(key(n), remap(), n, 0, u64::from(n)).unwrap();
+            t.insert(key(n), remap(), ActionSet::default(), n, 0, u64::from(n))
+                .unwrap();
         }
         // Refresh flow 0, so flow 1 is now the least recently seen.
         assert!(t.lookup(&key(0), 0, 10).is_some());
-        t.insert(key(10), remap(), 10, 0, 11).unwrap();
+        t.insert(key(10), remap(), ActionSet::default(), 10, 0, 11)
+            .unwrap();
         assert_eq!(t.len(), 4);
         assert!(t.lookup(&key(1), 0, 12).is_none(), "oldest evicted");
         for n in [0, 2, 3, 10] {
@@ -967,11 +1311,16 @@ mod tests {
     #[test]
     fn a_full_table_evicts_expired_flows_first() {
         let mut t = table(4);
-        t.insert(key(0), remap(), 0, 0, 500).unwrap();
-        t.insert(key(1), remap(), 1, 0, 0).unwrap(); // idle since 0
-        t.insert(key(2), remap(), 2, 0, 400).unwrap();
-        t.insert(key(3), remap(), 3, 0, 900).unwrap();
-        t.insert(key(4), remap(), 4, 0, IDLE + 1).unwrap();
+        t.insert(key(0), remap(), ActionSet::default(), 0, 0, 500)
+            .unwrap();
+        t.insert(key(1), remap(), ActionSet::default(), 1, 0, 0)
+            .unwrap(); // idle since 0
+        t.insert(key(2), remap(), ActionSet::default(), 2, 0, 400)
+            .unwrap();
+        t.insert(key(3), remap(), ActionSet::default(), 3, 0, 900)
+            .unwrap();
+        t.insert(key(4), remap(), ActionSet::default(), 4, 0, IDLE + 1)
+            .unwrap();
         let c = t.counters();
         assert_eq!((c.evictions, c.expirations), (0, 1));
         assert!(t.lookup(&key(1), 0, IDLE + 1).is_none());
@@ -984,7 +1333,7 @@ mod tests {
         // port: after the rewrite their replies would be indistinguishable.
         let mut t = table(16);
         let rr = remap();
-        t.insert(key(1), rr, 1, 0, 0).unwrap();
+        t.insert(key(1), rr, ActionSet::default(), 1, 0, 0).unwrap();
         let mut other = key(1);
         other.dst = u128::from(u32::from_be_bytes([192, 0, 2, 81]));
         let rr2 = ReverseRewrite {
@@ -996,33 +1345,45 @@ mod tests {
         };
         assert_eq!(other.reply_key(&rr2), key(1).reply_key(&rr));
         assert_eq!(
-            t.insert(other, rr2, 2, 0, 1),
+            t.insert(other, rr2, ActionSet::default(), 2, 0, 1),
             Err(InsertError::ReplyKeyInUse)
         );
         assert_eq!(t.counters().conflicts, 1);
-        assert_eq!(t.lookup(&key(1), 0, 1).map(|h| *h.decision), Some(1));
-        assert!(t.insert(other, rr2, 2, 0, 2 * IDLE).is_ok());
+        assert_eq!(t.lookup(&key(1), 0, 1).map(|h| h.decision), Some(1));
+        assert!(t
+            .insert(other, rr2, ActionSet::default(), 2, 0, 2 * IDLE)
+            .is_ok());
         assert_eq!(t.counters().expirations, 1);
     }
 
     #[test]
     fn inserting_a_known_forward_key_replaces_the_flow() {
         let mut t = table(4);
-        t.insert(key(1), remap(), 1, 0, 0).unwrap();
-        t.insert(key(1), ReverseRewrite::default(), 2, 0, 1)
+        t.insert(key(1), remap(), ActionSet::default(), 1, 0, 0)
             .unwrap();
+        t.insert(
+            key(1),
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            2,
+            0,
+            1,
+        )
+        .unwrap();
         assert_eq!(t.len(), 1);
         assert!(t.lookup(&key(1).reply_key(&remap()), 0, 2).is_none());
-        assert_eq!(t.lookup(&key(1), 0, 2).map(|h| *h.decision), Some(2));
+        assert_eq!(t.lookup(&key(1), 0, 2).map(|h| h.decision), Some(2));
         assert_eq!(t.counters().removals, 1);
     }
 
     #[test]
     fn decision_can_be_replaced_through_the_handle() {
         let mut t = table(4);
-        let h = t.insert(key(1), remap(), 1, 0, 0).unwrap();
+        let h = t
+            .insert(key(1), remap(), ActionSet::default(), 1, 0, 0)
+            .unwrap();
         assert!(t.set_decision(h, 9));
-        assert_eq!(t.lookup(&key(1), 0, 1).map(|h| *h.decision), Some(9));
+        assert_eq!(t.lookup(&key(1), 0, 1).map(|h| h.decision), Some(9));
         assert!(t.remove(&key(1).reply_key(&remap())));
         assert!(!t.set_decision(h, 10), "stale handle");
         assert!(!t.remove(&key(1)));
@@ -1032,8 +1393,15 @@ mod tests {
     fn the_sweep_removes_idle_flows_within_its_budget() {
         let mut t = table(64);
         for n in 0..64 {
-            t.insert(key(n), remap(), n, 0, if n < 10 { 0 } else { 1500 })
-                .unwrap();
+            t.insert(
+                key(n),
+                remap(),
+                ActionSet::default(),
+                n,
+                0,
+                if n < 10 { 0 } else { 1500 },
+            )
+            .unwrap();
         }
         let mut removed = 0;
         for _ in 0..8 {
@@ -1051,7 +1419,7 @@ mod tests {
         for n in 0..100_000u32 {
             let k = key(n % 5000);
             if t.lookup(&k, 0, u64::from(n)).is_none() {
-                let _ = t.insert(k, remap(), n, 0, u64::from(n));
+                let _ = t.insert(k, remap(), ActionSet::default(), n, 0, u64::from(n));
             }
             assert!(t.len() <= 1000);
         }
@@ -1104,7 +1472,7 @@ mod tests {
                 match op {
                     Op::Insert(n, remapped) => {
                         let rr = if remapped { remap() } else { ReverseRewrite::default() };
-                        if t.insert(key(n.into()), rr, n.into(), 0, now).is_ok() {
+                        if t.insert(key(n.into()), rr, ActionSet::default(), n.into(), 0, now).is_ok() {
                             model.insert(n, rr);
                         }
                     }
@@ -1115,7 +1483,7 @@ mod tests {
                         };
                         let k = if reply { key(n.into()).reply_key(&rr) } else { key(n.into()) };
                         if let Some(hit) = t.lookup(&k, 0, now) {
-                            prop_assert_eq!(*hit.decision, u32::from(n));
+                            prop_assert_eq!(hit.decision, u32::from(n));
                             prop_assert_eq!(*hit.reverse, rr);
                             prop_assert_eq!(hit.side, if reply { Side::Reply } else { Side::Forward });
                         }

@@ -41,14 +41,14 @@ use std::sync::Arc;
 use crate::classify::StaticRules;
 use crate::dpdk::{self, Burst, Mbuf, Mempool, RxQueue, TxQueue, MAX_BURST};
 use crate::flow::NO_METER;
-use crate::flow::{FlowDecision, FlowTable, Side};
+use crate::flow::{FlowDecision, FlowTable, Hint, Side};
 use crate::packet::{self, ActionSet, ApplyReport, FlowKey, Fragment, Parsed, ReverseRewrite};
 use crate::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
 use crate::punt::{PuntAction, PuntRings, PuntRules, Punted, PUNT_CONSUME};
 use crate::sched::{MeterColor, Packet as SchedPacket, Scheduler, WorkerMeters};
 use crate::stats::{Direction, PathCounters, WorkerCounters};
-use crate::tables::TablesReader;
 use crate::tables::BEST_EFFORT;
+use crate::tables::{TablesReader, Validity};
 
 /// One direction through the appliance on one worker.
 pub struct Lane {
@@ -110,8 +110,9 @@ const EXPIRE_EVERY: u32 = 256;
 /// in flight to hide the memory latency (each group pays one bucket-then-
 /// entry round trip: with the `classify` benchmark's burst, `BURST` in
 /// perf/src/lookup.rs, set to 16 a flow hit at 4M flows cost 123 cycles
-/// against 84-93 at 32), few enough that the ~4 lines prefetched per frame
-/// (8 KiB a group) are still in L1.
+/// against 84-93 at 32), few enough that the 2-3 lines prefetched per frame
+/// (bucket, entry, validity line while the policy changes; 6 KiB a group)
+/// are still in L1.
 const GROUP: usize = 32;
 // A group's consumed frames are a bit mask in a u32.
 const _: () = assert!(GROUP <= 32);
@@ -194,15 +195,16 @@ impl Pipeline {
     /// (if any): [`METER_DROP`] for a red packet when those are dropped.
     #[inline]
     fn metered(&mut self, d: &FlowDecision, len: usize, c: &PathCounters) -> u8 {
-        if d.meter == NO_METER {
-            return d.level;
+        let meter = d.meter();
+        if meter == NO_METER {
+            return d.level();
         }
-        let color = self.meters.color(d.meter, len as u32, self.now_ns);
+        let color = self.meters.color(meter, len as u32, self.now_ns);
         c.metered(color, self.drop_red);
         match color {
             MeterColor::Red if self.drop_red => METER_DROP,
             MeterColor::Red => BEST_EFFORT,
-            _ => d.level,
+            _ => d.level(),
         }
     }
 
@@ -295,7 +297,7 @@ impl Pipeline {
         // Per-level packets and bytes of this burst, published once.
         let mut per_level = [(0u64, 0u64); crate::stats::LEVELS];
         for (gi, group) in bufs.chunks_mut(GROUP).enumerate() {
-            let mut pre: [Option<(Parsed, FlowKey, u64)>; GROUP] = [None; GROUP];
+            let mut pre: [Option<(Parsed, FlowKey, u64, Hint)>; GROUP] = [None; GROUP];
             // Frames the control thread takes (bit i: frame i of the group).
             let mut consumed = 0u32;
             for (i, (m, slot)) in group.iter_mut().zip(pre.iter_mut()).enumerate() {
@@ -306,15 +308,15 @@ impl Pipeline {
                             continue;
                         }
                         if let Some(k) = p.flow_key(m.data(), dir) {
-                            *slot = Some((p, k, self.flows.prefetch(&k)));
+                            *slot = Some((p, k, self.flows.prefetch(&k), Hint::NONE));
                             self.tables.prefetch_stamp(&k);
                         }
                     }
                     Err(e) => c.parse_error(e),
                 }
             }
-            for (_, _, h) in pre.iter().flatten() {
-                self.flows.prefetch_entry(*h);
+            for (_, _, h, hint) in pre.iter_mut().flatten() {
+                *hint = self.flows.prefetch_entry(*h);
             }
             for (i, (m, slot)) in group.iter_mut().zip(pre.iter()).enumerate() {
                 if consumed & (1 << i) != 0 {
@@ -325,8 +327,8 @@ impl Pipeline {
                 }
                 let len = u64::from(m.pkt_len());
                 let (level, hash) = match slot {
-                    Some((p, k, h)) => (
-                        self.process_parsed(m.data_mut(), p, k, *h, now, c),
+                    Some((p, k, h, hint)) => (
+                        self.process_parsed(m.data_mut(), p, k, (*h, *hint), now, c),
                         (*h >> 16) as u32,
                     ),
                     None => (self.default_level(), 0),
@@ -355,50 +357,64 @@ impl Pipeline {
         frame: &mut [u8],
         p: &Parsed,
         key: &FlowKey,
-        h: u64,
+        (h, hint): (u64, Hint),
         now: u64,
         c: &PathCounters,
     ) -> u8 {
         let flags = p.tcp_flags();
-        let (report, level) = match self.flows.lookup_hashed(key, h, flags, now) {
+        let (report, level) = match self.flows.lookup_hashed(key, h, hint, flags, now) {
             Some(hit) if hit.side == Side::Forward => {
-                let mut d = *hit.decision;
+                let mut d = hit.decision;
+                let mut actions = d.actions(&hit);
                 let handle = hit.handle;
-                if !d.pinned && !self.tables.is_current(d.stamp) {
-                    let fresh = self.tables.classify(key);
-                    c.classified(fresh.source, true, fresh.decision.level, now);
-                    d = FlowDecision {
-                        actions: ActionSet {
-                            // Remaps are fixed at the flow's start.
-                            dst_port: d.actions.dst_port,
-                            dst_addr: d.actions.dst_addr,
-                            ..fresh.decision.actions
-                        },
-                        level: fresh.decision.level,
-                        pinned: false,
-                        meter: fresh.decision.meter.unwrap_or(NO_METER),
-                        stamp: fresh.stamp,
-                    };
-                    self.flows.set_decision(handle, d);
+                if !d.pinned() {
+                    match self.tables.revalidate(d.stamp()) {
+                        Validity::Current => {}
+                        Validity::Restamped => {
+                            d = d.with_stamp(self.tables.restamp(d.stamp()));
+                            self.flows.set_decision(handle, d);
+                        }
+                        Validity::Stale => {
+                            let fresh = self.tables.classify(key);
+                            c.classified(fresh.source, true, fresh.decision.level, now);
+                            actions = ActionSet {
+                                // Remaps are fixed at the flow's start.
+                                dst_port: actions.dst_port,
+                                dst_addr: actions.dst_addr,
+                                ..fresh.decision.actions
+                            };
+                            d = FlowDecision::new(
+                                &actions,
+                                fresh.decision.level,
+                                false,
+                                fresh.decision.meter.unwrap_or(NO_METER),
+                                fresh.stamp,
+                            );
+                            self.flows.set_decision(handle, d);
+                            if d.remaps() {
+                                self.flows.set_actions(handle, actions);
+                            }
+                        }
+                    }
                 }
                 let level = self.metered(&d, frame.len(), c);
-                (packet::apply_forward(frame, p, &d.actions), level)
+                (packet::apply_forward(frame, p, &actions), level)
             }
             Some(hit) => {
-                let d = *hit.decision;
+                let d = hit.decision;
                 let report = packet::apply_reverse(frame, p, hit.reverse);
                 (report, self.metered(&d, frame.len(), c))
             }
             None => {
-                let d = self.decide(key, flags, now, c);
+                let (d, actions) = self.decide(key, flags, now, c);
                 let level = self.metered(&d, frame.len(), c);
                 if p.fragment() == Fragment::NonFirst {
                     // No ports: not a flow of its own. IP-header actions still apply.
-                    (packet::apply_forward(frame, p, &d.actions), level)
+                    (packet::apply_forward(frame, p, &actions), level)
                 } else {
-                    let reverse = ReverseRewrite::for_forward(key, &d.actions);
-                    match self.flows.insert(*key, reverse, d, flags, now) {
-                        Ok(_) => (packet::apply_forward(frame, p, &d.actions), level),
+                    let reverse = ReverseRewrite::for_forward(key, &actions);
+                    match self.flows.insert(*key, reverse, actions, d, flags, now) {
+                        Ok(_) => (packet::apply_forward(frame, p, &actions), level),
                         // Another flow owns the reply key: a remap would make the
                         // two indistinguishable, so this one goes unrewritten
                         // (counted in the table's conflicts).
@@ -413,18 +429,26 @@ impl Pipeline {
         level
     }
 
-    /// Classifies a new flow: static rules, then the policy tables.
+    /// Classifies a new flow: static rules, then the policy tables. Returns
+    /// its decision and its forward actions.
     #[inline]
-    fn decide(&self, key: &FlowKey, flags: u8, now: u64, c: &PathCounters) -> FlowDecision {
+    fn decide(
+        &self,
+        key: &FlowKey,
+        flags: u8,
+        now: u64,
+        c: &PathCounters,
+    ) -> (FlowDecision, ActionSet) {
         if let Some((rule, actions)) = self.rules.classify(key) {
             c.rule_hit(rule);
-            return FlowDecision {
-                actions,
-                level: self.default_level(),
-                pinned: true,
-                meter: NO_METER,
-                stamp: Default::default(),
-            };
+            let d = FlowDecision::new(
+                &actions,
+                self.default_level(),
+                true,
+                NO_METER,
+                Default::default(),
+            );
+            return (d, actions);
         }
         let cl = self.tables.classify(key);
         c.classified(cl.source, false, cl.decision.level, now);
@@ -434,13 +458,14 @@ impl Pipeline {
             actions.dst_port = None;
             actions.dst_addr = None;
         }
-        FlowDecision {
-            actions,
-            level: cl.decision.level,
-            pinned: false,
-            meter: cl.decision.meter.unwrap_or(NO_METER),
-            stamp: cl.stamp,
-        }
+        let d = FlowDecision::new(
+            &actions,
+            cl.decision.level,
+            false,
+            cl.decision.meter.unwrap_or(NO_METER),
+            cl.stamp,
+        );
+        (d, actions)
     }
 }
 

@@ -24,11 +24,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use sluice_dataplane::dpdk::{prefetch, rdtsc};
-use sluice_dataplane::flow::{FlowDecision, FlowTable, FlowTableConfig};
+use sluice_dataplane::flow::{FlowDecision, FlowTable, FlowTableConfig, Hint};
 use sluice_dataplane::packet::{ActionSet, Dscp, FlowKey, ReverseRewrite, PROTO_TCP};
 use sluice_dataplane::stats::Direction;
 use sluice_dataplane::tables::{
-    Binding, Grant, Op, PrefixPolicy, Table, TablesConfig, TablesReader, TablesWriter,
+    Binding, Grant, Op, PrefixPolicy, Table, TablesConfig, TablesReader, TablesWriter, Validity,
 };
 
 const BURST: usize = 32;
@@ -114,11 +114,23 @@ fn percentiles(name: &'static str, h: &Histogram<u64>, total: f64, n: usize) -> 
 
 /// Times `bursts` bursts of `f` (which handles keys `[i, i + BURST)`),
 /// returning cycles per packet.
-fn timed(name: &'static str, bursts: usize, n: usize, mut f: impl FnMut(usize)) -> LookupResult {
+fn timed(name: &'static str, bursts: usize, n: usize, f: impl FnMut(usize)) -> LookupResult {
+    timed_after(name, bursts, n, || {}, f)
+}
+
+/// [`timed`], with `before` run untimed before each burst.
+fn timed_after(
+    name: &'static str,
+    bursts: usize,
+    n: usize,
+    mut before: impl FnMut(),
+    mut f: impl FnMut(usize),
+) -> LookupResult {
     let mut h = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("bounds");
     let mut total = 0f64;
     for b in 0..bursts {
         let base = (b * BURST) % (n - BURST);
+        before();
         let t0 = rdtsc();
         f(base);
         let c = (rdtsc() - t0) as f64 / BURST as f64;
@@ -177,7 +189,7 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
     w.apply(&ops).expect("fits");
     let insert_per_sec = f64::from(2 * bindings) / started.elapsed().as_secs_f64();
     let rss1 = rss_bytes();
-    let reader: TablesReader = w.reader();
+    let mut reader: TablesReader = w.reader();
 
     let mut table: FlowTable = FlowTable::new(FlowTableConfig {
         capacity: flows.next_power_of_two(),
@@ -191,15 +203,23 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
     while keys.len() < flows as usize {
         let k = flow_key(&mut rng, bindings);
         let c = reader.classify(&k);
-        let d = FlowDecision {
-            actions: c.decision.actions,
-            level: c.decision.level,
-            pinned: false,
-            meter: c.decision.meter.unwrap_or(sluice_dataplane::flow::NO_METER),
-            stamp: c.stamp,
-        };
+        let actions = c.decision.actions;
+        let d = FlowDecision::new(
+            &actions,
+            c.decision.level,
+            false,
+            c.decision.meter.unwrap_or(sluice_dataplane::flow::NO_METER),
+            c.stamp,
+        );
         if table
-            .insert(k, ReverseRewrite::for_forward(&k, &d.actions), d, 0, 1)
+            .insert(
+                k,
+                ReverseRewrite::for_forward(&k, &actions),
+                actions,
+                d,
+                0,
+                1,
+            )
             .is_ok()
         {
             keys.push(k);
@@ -224,35 +244,82 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
     results.push(timed("flow hit, one by one", bursts, n, |base| {
         for k in &keys[base..base + BURST] {
             if let Some(hit) = table.lookup(k, 0, 2) {
-                if reader.is_current(hit.decision.stamp) {
+                if reader.is_current(hit.decision.stamp()) {
                     hits += 1;
                 }
             }
         }
     }));
+    // The worker's path: a burst's buckets (and, while the tables change,
+    // its subscribers' validity lines) prefetched, then its entries, then
+    // each flow looked up, its stamp checked and, if only the epoch moved,
+    // restamped.
+    let mut restamped = 0u64;
+    let mut bulk = |table: &mut FlowTable, reader: &TablesReader, base: usize| {
+        let burst = &keys[base..base + BURST];
+        let mut hashes = [(0u64, Hint::NONE); BURST];
+        for ((h, _), k) in hashes.iter_mut().zip(burst) {
+            *h = table.prefetch(k);
+            reader.prefetch_stamp(k);
+        }
+        for (h, hint) in hashes.iter_mut() {
+            *hint = table.prefetch_entry(*h);
+        }
+        for ((h, hint), k) in hashes.iter().zip(burst) {
+            if let Some((d, handle)) = table
+                .lookup_hashed(k, *h, *hint, 0, 2)
+                .map(|hit| (hit.decision, hit.handle))
+            {
+                match reader.revalidate(d.stamp()) {
+                    Validity::Current => hits += 1,
+                    Validity::Restamped => {
+                        hits += 1;
+                        restamped += 1;
+                        table.set_decision(handle, d.with_stamp(reader.restamp(d.stamp())));
+                    }
+                    Validity::Stale => {}
+                }
+            }
+        }
+    };
     results.push(timed(
         "flow hit, bulk (the worker's path)",
         bursts,
         n,
-        |base| {
-            let burst = &keys[base..base + BURST];
-            let mut hashes = [0u64; BURST];
-            for (h, k) in hashes.iter_mut().zip(burst) {
-                *h = table.prefetch(k);
-                reader.prefetch_stamp(k);
-            }
-            for h in &hashes {
-                table.prefetch_entry(*h);
-            }
-            for (h, k) in hashes.iter().zip(burst) {
-                if let Some(hit) = table.lookup_hashed(k, *h, 0, 2) {
-                    if reader.is_current(hit.decision.stamp) {
-                        hits += 1;
-                    }
-                }
-            }
-        },
+        |base| bulk(&mut table, &reader, base),
     ));
+    // The same while bindings change: one write per burst (another
+    // subscriber's binding re-rated), as in an update storm of ~300k
+    // writes/s against a core forwarding ~10 Mpps. Every flow then reads
+    // its validity line and is restamped.
+    let storm_binding = |i: u32| Binding {
+        grant: Grant::Level {
+            level: 1,
+            actions: ActionSet {
+                dscp: Dscp::new(if i.is_multiple_of(2) { 46 } else { 34 }),
+                ..Default::default()
+            },
+        },
+        meter: None,
+        only_to: None,
+    };
+    let mut writes = 0u32;
+    let table_cell = std::cell::RefCell::new(&mut table);
+    let reader_cell = std::cell::RefCell::new(&mut reader);
+    results.push(timed_after(
+        "flow hit, bulk, one binding write per burst",
+        bursts,
+        n,
+        || {
+            writes = writes.wrapping_add(1);
+            let sub = subscriber(bindings - 1 - writes % 1024);
+            w.upsert(Table::Coupon, sub, &storm_binding(writes))
+                .expect("fits");
+            reader_cell.borrow_mut().refresh();
+        },
+        |base| bulk(&mut table_cell.borrow_mut(), &reader_cell.borrow(), base),
+    ));
+    eprintln!("classify: {restamped} hits restamped after a write");
     assert!(hits > 0, "no flow hit");
     let mut misses = 0u64;
     results.push(timed(

@@ -13,7 +13,7 @@
 //!
 //! # Per-packet use (one worker)
 //! ```
-//! use sluice_dataplane::flow::{FlowDecision, FlowTable, FlowTableConfig, Side};
+//! use sluice_dataplane::flow::{FlowDecision, FlowTable, FlowTableConfig, Side, NO_METER};
 //! use sluice_dataplane::packet::{self, ActionSet, ReverseRewrite};
 //! use sluice_dataplane::stats::Direction;
 //!
@@ -30,15 +30,16 @@
 //!     let Some(key) = p.flow_key(frame, dir) else { return };
 //!     let report = match flows.lookup(&key, p.tcp_flags(), now) {
 //!         Some(hit) if hit.side == Side::Forward => {
-//!             packet::apply_forward(frame, &p, &hit.decision.actions)
+//!             let actions = hit.decision.actions(&hit);
+//!             packet::apply_forward(frame, &p, &actions)
 //!         }
 //!         Some(hit) => packet::apply_reverse(frame, &p, hit.reverse),
 //!         None => {
 //!             let actions = classify(&key);
 //!             let reverse = ReverseRewrite::for_forward(&key, &actions);
-//!             let decision = FlowDecision { actions, ..Default::default() };
+//!             let decision = FlowDecision::new(&actions, 5, false, NO_METER, Default::default());
 //!             // A refused insert (reply key taken) means: no rewrite.
-//!             match flows.insert(key, reverse, decision, p.tcp_flags(), now) {
+//!             match flows.insert(key, reverse, actions, decision, p.tcp_flags(), now) {
 //!                 Ok(_) => packet::apply_forward(frame, &p, &actions),
 //!                 Err(_) => Default::default(),
 //!             }

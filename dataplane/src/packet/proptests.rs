@@ -559,7 +559,8 @@ proptest! {
         let actions = ActionSet { dst_port: Some(p_port), dst_addr: Some(p_addr), ..Default::default() };
         let rr = ReverseRewrite::for_forward(&key, &actions);
         let mut table: FlowTable = FlowTable::new(FlowTableConfig { capacity: 8, ..Default::default() }).expect("table");
-        table.insert(key, rr, FlowDecision { actions, ..Default::default() }, 0, 0).expect("insert");
+        let d = FlowDecision::new(&actions, 0, false, crate::flow::NO_METER, Default::default());
+        table.insert(key, rr, actions, d, 0, 0).expect("insert");
         apply_forward(&mut fwd, &pf, &actions);
 
         // The endpoint's reply: P:p_port -> C:cport, on the other port.

@@ -77,29 +77,46 @@
 //!
 //! # Flow-cache invalidation
 //! A flow keeps its [`Classified`] (decision plus [`Stamp`]) in the flow
-//! table and calls [`TablesReader::is_current`] on every hit; on `false`
-//! it classifies again. A stamp is (validity line, line version, snapshot
-//! generation):
-//! - The **validity lines** are an array of `AtomicU32` counters
-//!   ([`TablesConfig::validity_lines`], default 1 Mi = 4 MiB: the worker
-//!   prefetches a flow's line together with its flow-table bucket, so the
-//!   array need not fit a cache, and with 2M bindings a line is shared by
-//!   ~2 subscribers instead of 32: an update storm on other subscribers
-//!   re-classified enough of the benchmark's flows with 64 Ki lines to cost
-//!   ~1 % of forwarding), shared by the three maps and indexed by a hash of
-//!   the subscriber address. The writer bumps the key's line (release) *after*
-//!   every insert, update or removal of that key in any map; the classifier
-//!   loads it (acquire) *before* its lookups. So a stamp is current only
-//!   if no change to the subscriber's bindings completed since the lookups
-//!   began, which covers what a per-record generation cannot: a binding
-//!   *inserted* for a subscriber whose flows were classified without one.
-//!   Other subscribers sharing the line cost a needless reclassification,
-//!   nothing more (at W writes/s a flow is re-classified W / lines times a
-//!   second).
-//! - The **snapshot generation** (its low 32 bits) must equal that of the
-//!   reader's current snapshot: publishing re-classifies every flow once.
+//! table and calls [`TablesReader::revalidate`] on every hit; on
+//! [`Validity::Stale`] it classifies again. A stamp is (validity line, line
+//! version, epoch):
+//! - The **epoch** is one counter, on a cache line of its own, that the
+//!   writer bumps (release) after every change of any map and every
+//!   publication; a reader loads it (acquire) once per
+//!   [`TablesReader::refresh`]. A stamp taken at the reader's current epoch
+//!   is current without anything else being read: nothing at all changed
+//!   since. So a quiet appliance's flow hit reads no validity line. Changes
+//!   become visible to `revalidate` at the worker's next refresh (once per
+//!   poll iteration).
+//! - Otherwise, the **validity lines** decide: an array of `AtomicU32`
+//!   counters ([`TablesConfig::validity_lines`], default 1 Mi = 4 MiB: the
+//!   worker prefetches a flow's line together with its flow-table bucket
+//!   while the epoch moves ([`WARM_REFRESHES`]), so the array need not fit
+//!   a cache, and with 2M bindings a line is shared by ~2 subscribers
+//!   instead of 32: an update storm on other subscribers re-classified
+//!   enough of the benchmark's flows with 64 Ki lines to cost ~1 % of
+//!   forwarding), shared by the three maps and indexed by a hash of the
+//!   subscriber address. The writer bumps the key's line (release) *after*
+//!   every insert, update or removal of that key in any map, then the
+//!   epoch; the classifier loads the line (acquire) *before* its lookups.
+//!   So a stamp is current only if no change to the subscriber's bindings
+//!   completed since the lookups began, which covers what a per-record
+//!   generation cannot: a binding *inserted* for a subscriber whose flows
+//!   were classified without one. Other subscribers sharing the line cost a
+//!   needless reclassification, nothing more (at W writes/s a flow is
+//!   re-classified W / lines times a second). A stamp whose line did not
+//!   move is [`Validity::Restamped`]: the caller stores
+//!   [`TablesReader::restamp`] back, so its next check is the cheap one.
+//! - **Publication**: a snapshot carries the epoch it was published at (set
+//!   before the swap, the shared epoch stored after); a stamp older than
+//!   the reader's snapshot is stale, so publishing re-classifies every flow
+//!   once. A reader that loads the epoch before the store but the snapshot
+//!   after takes the snapshot's epoch, so no stamp of the previous snapshot
+//!   passes as current in between.
 //!
-//! `is_current` is one compare and one relaxed load of a line.
+//! Epochs and versions are 32-bit and compared by wrapping difference: a
+//! stamp is misjudged only if exactly 2^32 epochs passed while its flow saw
+//! no packet, far beyond any idle timeout.
 //!
 //! # Memory and cost (measured: `tables::stress`, release, this 2-core VM)
 //! - 84 bytes per binding at 1 Mi capacity: a 64-byte record, 16 bytes of
@@ -112,7 +129,8 @@
 //!   1 200-1 500 TSC cycles when the coupon hits, 650-800 with no binding
 //!   (bucket and record cache misses, plus TLB misses on 4 KiB pages);
 //!   500-850 and 200-350 when the tables fit in the L3. Paid once per flow.
-//! - `is_current`: 3-6 cycles per check in bulk.
+//! - `revalidate`: one compare while the epoch stands; 3-6 cycles per check
+//!   in bulk while it moves (one relaxed load of a prefetched line).
 //!
 //! # Use
 //! ```
@@ -153,6 +171,7 @@
 //!     cached = reader.classify(&key); // and FlowTable::set_decision
 //! }
 //! # w.remove(Table::Coupon, sub);
+//! # reader.refresh();
 //! # assert!(!reader.is_current(cached.stamp));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -180,6 +199,7 @@ use std::sync::Arc;
 
 use arc_swap::cache::Cache;
 use arc_swap::ArcSwap;
+use crossbeam_utils::CachePadded;
 
 use crate::packet::parse::addr_bits;
 use crate::packet::{ActionSet, FlowKey, PROTO_TCP, PROTO_UDP};
@@ -204,6 +224,14 @@ pub use types::{
 
 /// The largest capacity of one binding map.
 pub const MAX_CAPACITY: u32 = 1 << 24;
+
+/// Refreshes after the epoch last moved during which
+/// [`TablesReader::prefetch_stamp`] prefetches validity lines: while
+/// changes arrive, a burst's flows mostly need their lines read; once they
+/// stop, each flow reads its line once more (unprefetched) and is restamped.
+/// A worker refreshes once per poll iteration, so this is some
+/// milliseconds under load.
+pub const WARM_REFRESHES: u32 = 4096;
 
 /// Sizes, fixed at construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +297,21 @@ impl TablesConfig {
 pub struct Stamp {
     line: u32,
     version: u32,
-    snapshot: u32,
+    /// The reader's epoch when the flow was classified or last
+    /// revalidated.
+    epoch: u32,
+}
+
+/// What [`TablesReader::revalidate`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// Nothing changed since the stamp: no validity line was read.
+    Current,
+    /// Something changed, but not for this flow: the stamp was moved to the
+    /// current epoch (store it back so that the next check is the cheap one).
+    Restamped,
+    /// Classify again.
+    Stale,
 }
 
 /// A classification: what the flow gets, which step decided, and the stamp
@@ -290,6 +332,10 @@ struct Shared {
     lines: Box<[AtomicU32]>,
     line_mask: u32,
     seed: u64,
+    /// Bumped (release) after every change of any map and every snapshot
+    /// publication; a reader loads it once per refresh. On a line of its
+    /// own: the writer stores to it at every change.
+    epoch: CachePadded<AtomicU32>,
 }
 
 impl Shared {
@@ -324,7 +370,11 @@ pub struct TablesReader {
     shared: Arc<Shared>,
     cache: Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>,
     snap: Arc<Snapshot>,
-    snap_gen: u32,
+    /// The epoch as of the last refresh (see [`TablesReader::refresh`]).
+    epoch: u32,
+    /// Refreshes left during which [`TablesReader::prefetch_stamp`] still
+    /// prefetches: reset whenever the epoch moves.
+    warm: u32,
 }
 
 /// An undo step of a batch.
@@ -348,9 +398,11 @@ impl TablesWriter {
             lines: (0..cfg.validity_lines).map(|_| AtomicU32::new(0)).collect(),
             line_mask: cfg.validity_lines - 1,
             seed: cfg.seed,
+            epoch: CachePadded::new(AtomicU32::new(1)),
         });
         let live = Arc::new(AtomicUsize::new(0));
-        let first = Snapshot::compile(&PrefixPolicy::default(), 1, &live)?;
+        let mut first = Snapshot::compile(&PrefixPolicy::default(), 1, &live)?;
+        first.epoch = 1;
         Ok(TablesWriter {
             shared,
             writers: [w0, w1, w2],
@@ -364,12 +416,15 @@ impl TablesWriter {
     pub fn reader(&self) -> TablesReader {
         let cache = Cache::new(Arc::clone(&self.swap));
         let snap = self.swap.load_full();
-        TablesReader {
+        let mut reader = TablesReader {
             shared: Arc::clone(&self.shared),
-            snap_gen: snap.generation() as u32,
             cache,
             snap,
-        }
+            epoch: 0,
+            warm: 0,
+        };
+        reader.refresh();
+        reader
     }
 
     /// Inserts or replaces `subscriber`'s binding in `table`.
@@ -528,6 +583,14 @@ impl TablesWriter {
         let l = self.shared.line(h);
         // The only writer: a load and a store, no locked instruction.
         l.store(l.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
+        self.next_epoch();
+    }
+
+    /// Moves the epoch on (after the change it announces) and returns it.
+    fn next_epoch(&self) -> u32 {
+        let e = self.shared.epoch.load(Ordering::Relaxed).wrapping_add(1);
+        self.shared.epoch.store(e, Ordering::Release);
+        e
     }
 
     /// The binding `subscriber` has in `table`, as last written (in the
@@ -545,8 +608,13 @@ impl TablesWriter {
     /// generation. On error nothing is published.
     pub fn publish(&mut self, policy: &PrefixPolicy) -> Result<u64, TableError> {
         let generation = self.generation + 1;
-        let snap = Snapshot::compile(policy, generation, &self.live)?;
+        let mut snap = Snapshot::compile(policy, generation, &self.live)?;
+        // The epoch the snapshot starts, stored before it is published and
+        // made the shared epoch after: a reader that sees the snapshot before
+        // the epoch takes the snapshot's (see `TablesReader::refresh`).
+        snap.epoch = self.shared.epoch.load(Ordering::Relaxed).wrapping_add(1);
         self.swap.store(Arc::new(snap));
+        self.next_epoch();
         self.generation = generation;
         Ok(generation)
     }
@@ -594,10 +662,26 @@ impl TablesReader {
     /// no burst: this is the worker's quiescent point.
     #[inline]
     pub fn refresh(&mut self) {
+        // Acquire, before the snapshot: a snapshot published before this
+        // epoch is the one loaded below, and every change announced by it
+        // is visible to this worker's lookups.
+        let e = self.shared.epoch.load(Ordering::Acquire);
         let cur = self.cache.load();
         if !Arc::ptr_eq(cur, &self.snap) {
             self.snap = Arc::clone(cur);
-            self.snap_gen = self.snap.generation() as u32;
+        }
+        // A snapshot seen before its epoch was stored: take the snapshot's,
+        // so that no stamp of the previous snapshot passes as current.
+        let e = if (e.wrapping_sub(self.snap.epoch) as i32) < 0 {
+            self.snap.epoch
+        } else {
+            e
+        };
+        if e != self.epoch {
+            self.epoch = e;
+            self.warm = WARM_REFRESHES;
+        } else {
+            self.warm = self.warm.saturating_sub(1);
         }
     }
 
@@ -620,9 +704,16 @@ impl TablesReader {
     /// line of its subscriber), so that [`TablesReader::is_current`] on a
     /// flow hit finds it in L1: issued with the flow-table prefetches of a
     /// burst, its miss overlaps theirs instead of following the entry read.
+    ///
+    /// Only while the epoch moved in the last [`WARM_REFRESHES`] refreshes:
+    /// otherwise every stamp of the current epoch is current without its
+    /// line being read, and the prefetch (and the subscriber hash it
+    /// takes) would be wasted.
     #[inline]
     pub fn prefetch_stamp(&self, k: &FlowKey) {
-        crate::dpdk::prefetch(self.shared.line(&self.subscriber_hash(k)));
+        if self.warm > 0 {
+            crate::dpdk::prefetch(self.shared.line(&self.subscriber_hash(k)));
+        }
     }
 
     /// The hash of the subscriber end of `k` (the source upstream, the
@@ -637,16 +728,45 @@ impl TablesReader {
         self.shared.hash(k.version, subscriber)
     }
 
-    /// Whether a flow's cached classification still holds: one compare and
-    /// one relaxed load.
+    /// Whether a flow's cached classification still holds, as of the last
+    /// [`TablesReader::refresh`]: one compare while nothing changed, else
+    /// the snapshot check and one relaxed load of the flow's line.
     #[inline]
     pub fn is_current(&self, s: Stamp) -> bool {
-        s.snapshot == self.snap_gen
-            && self
-                .shared
-                .lines
-                .get(s.line as usize)
-                .is_some_and(|l| l.load(Ordering::Relaxed) == s.version)
+        self.revalidate(s) != Validity::Stale
+    }
+
+    /// [`TablesReader::is_current`], telling apart a stamp that needed its
+    /// line read; [`TablesReader::restamp`] then saves the next check that
+    /// read.
+    #[inline]
+    pub fn revalidate(&self, s: Stamp) -> Validity {
+        if s.epoch == self.epoch {
+            return Validity::Current;
+        }
+        // Stamped under this snapshot (at or after the epoch it started),
+        // and no change to the subscriber's bindings since.
+        let same_snapshot = (s.epoch.wrapping_sub(self.snap.epoch) as i32) >= 0;
+        let same_line = self
+            .shared
+            .lines
+            .get(s.line as usize)
+            .is_some_and(|l| l.load(Ordering::Relaxed) == s.version);
+        if same_snapshot && same_line {
+            Validity::Restamped
+        } else {
+            Validity::Stale
+        }
+    }
+
+    /// `s` moved to the current epoch; for a stamp that
+    /// [`TablesReader::revalidate`] found [`Validity::Restamped`].
+    #[inline]
+    pub fn restamp(&self, s: Stamp) -> Stamp {
+        Stamp {
+            epoch: self.epoch,
+            ..s
+        }
     }
 
     /// Classifies a new flow (see the precedence in the module doc).
@@ -661,13 +781,15 @@ impl TablesReader {
         let mut stamp = Stamp {
             line,
             version,
-            snapshot: self.snap_gen,
+            epoch: self.epoch,
         };
         let (decision, source) = if upstream {
             match self.decide(snap, &h, k) {
                 Ok(d) => d,
                 Err(Contended) => {
+                    // Never current: neither the epoch nor the version.
                     stamp.version = version.wrapping_sub(1);
+                    stamp.epoch = self.epoch.wrapping_sub(1);
                     (snap.default, Source::Contended)
                 }
             }

@@ -77,6 +77,9 @@ impl Drop for LiveToken {
 #[derive(Debug)]
 pub struct Snapshot {
     generation: u64,
+    /// The tables' epoch at which it was published (see
+    /// [`super::TablesReader::refresh`]).
+    pub(super) epoch: u32,
     pub(super) sp: Lpm<FastDecision>,
     pub(super) eligible: Lpm<bool>,
     pub(super) default_eligible: bool,
@@ -123,6 +126,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             generation,
+            epoch: 0,
             sp,
             eligible,
             default_eligible: p.default_eligible,
