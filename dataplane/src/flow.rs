@@ -65,7 +65,26 @@ use crate::tables::Stamp;
 pub const MAX_CAPACITY: u32 = 1 << 24;
 
 const SLOTS: usize = 8;
+/// A free slot's reference. A used one is `entry index << 1 | side` (0
+/// forward, 1 reply), plus [`REF_REMAPS`].
 const EMPTY: u32 = u32::MAX;
+/// On a forward reference: the flow's forward actions have remaps, on the
+/// entry's second line, which [`FlowTable::prefetch_entry`] then
+/// prefetches too. Indices are below 2^24 ([`MAX_CAPACITY`]), so the bit is
+/// free and a flagged reference is never [`EMPTY`].
+const REF_REMAPS: u32 = 1 << 30;
+
+/// Whether forward `actions` do more than set the DSCP.
+#[inline]
+fn has_remaps(actions: &ActionSet) -> bool {
+    actions.dst_port.is_some() || actions.dst_addr.is_some() || actions.mss_clamp.is_some()
+}
+
+/// The entry index of a slot reference.
+#[inline(always)]
+fn ref_index(r: u32) -> usize {
+    ((r & !REF_REMAPS) >> 1) as usize
+}
 const EVICT_SAMPLE: usize = 16;
 
 /// The per-flow payload the table keeps for the policy: what every packet
@@ -100,8 +119,7 @@ impl FlowDecision {
     /// the policy tables is re-checked with its stamp on every forward
     /// packet and re-classified when stale.
     pub fn new(actions: &ActionSet, level: u8, pinned: bool, meter: u32, stamp: Stamp) -> Self {
-        let remaps =
-            actions.dst_port.is_some() || actions.dst_addr.is_some() || actions.mss_clamp.is_some();
+        let remaps = has_remaps(actions);
         FlowDecision {
             stamp,
             meter,
@@ -289,7 +307,7 @@ pub struct FlowCounters {
 #[repr(C, align(64))]
 struct Bucket {
     sig: [u32; SLOTS],
-    /// `entry index << 1 | side` (0 forward, 1 reply), or `EMPTY`.
+    /// References ([`EMPTY`], [`REF_REMAPS`]).
     slot: [u32; SLOTS],
 }
 
@@ -599,9 +617,9 @@ impl<D: Copy + Default> FlowTable<D> {
         while m != 0 {
             let r = bucket.slot[(m.trailing_zeros() as usize) & (SLOTS - 1)];
             m &= m - 1;
-            if let Some(e) = self.entries.get((r >> 1) as usize) {
+            if let Some(e) = self.entries.get(ref_index(r)) {
                 crate::dpdk::prefetch(&e.hot);
-                if r & 1 != 0 {
+                if r & (1 | REF_REMAPS) != 0 {
                     crate::dpdk::prefetch_lines(&e.tail);
                 }
             }
@@ -626,7 +644,7 @@ impl<D: Copy + Default> FlowTable<D> {
     ) -> Option<FlowHit<'_, D>> {
         let hinted = self
             .entries
-            .get((hint.0 >> 1) as usize)
+            .get(ref_index(hint.0))
             .is_some_and(|e| e.hot.live() && e.matches(hint.0 & 1, key, &PackedKey::of(key)));
         let found = if hinted {
             Some(hint.0)
@@ -637,7 +655,7 @@ impl<D: Copy + Default> FlowTable<D> {
             self.counters.misses += 1;
             return None;
         };
-        let idx = r >> 1;
+        let idx = ref_index(r) as u32;
         let side = if r & 1 == 0 {
             Side::Forward
         } else {
@@ -691,11 +709,11 @@ impl<D: Copy + Default> FlowTable<D> {
         let rev = fwd.reply_key(&reverse);
         let (hf, hr) = (self.hash(&fwd), self.hash(&rev));
         if let Some(r) = self.find(&fwd, hf) {
-            self.release(r >> 1);
+            self.release(ref_index(r) as u32);
             self.counters.removals += 1;
         }
         if let Some(r) = self.find(&rev, hr) {
-            let other = r >> 1;
+            let other = ref_index(r) as u32;
             if !self.is_expired(other, now) {
                 self.counters.conflicts += 1;
                 return Err(InsertError::ReplyKeyInUse);
@@ -733,7 +751,10 @@ impl<D: Copy + Default> FlowTable<D> {
                 actions,
             },
         };
-        for (h, r) in [(hf, idx << 1), (hr, idx << 1 | 1)] {
+        // The forward reference says whether the flow has remaps, so that a
+        // bulk lookup prefetches the line they are on.
+        let fwd_ref = idx << 1 | if has_remaps(&actions) { REF_REMAPS } else { 0 };
+        for (h, r) in [(hf, fwd_ref), (hr, idx << 1 | 1)] {
             if !self.place(h, r) {
                 self.evict_in_window(h, idx, now);
                 if !self.place(h, r) {
@@ -776,7 +797,7 @@ impl<D: Copy + Default> FlowTable<D> {
         let h = self.hash(key);
         match self.find(key, h) {
             Some(r) => {
-                self.release(r >> 1);
+                self.release(ref_index(r) as u32);
                 self.counters.removals += 1;
                 true
             }
@@ -878,7 +899,7 @@ impl<D: Copy + Default> FlowTable<D> {
                 m &= m - 1;
                 let hit = self
                     .entries
-                    .get((r >> 1) as usize)
+                    .get(ref_index(r))
                     .is_some_and(|e| e.matches(r & 1, key, &packed));
                 if hit {
                     return Some(r);
@@ -928,7 +949,7 @@ impl<D: Copy + Default> FlowTable<D> {
             for b in [b1, b2] {
                 if let Some(bucket) = self.buckets.get_mut(b) {
                     for (s, slot) in bucket.sig.iter_mut().zip(bucket.slot.iter_mut()) {
-                        if *slot == r {
+                        if *slot != EMPTY && *slot & !REF_REMAPS == r {
                             *slot = EMPTY;
                             *s = 0;
                         }
@@ -993,8 +1014,8 @@ impl<D: Copy + Default> FlowTable<D> {
         let window = r1
             .into_iter()
             .chain(r2)
-            .filter(|&r| r != EMPTY && r >> 1 != keep)
-            .map(|r| r >> 1);
+            .filter(|&r| r != EMPTY && ref_index(r) as u32 != keep)
+            .map(|r| ref_index(r) as u32);
         let victim = self.pick_victim(window, now);
         self.evict(victim);
     }
@@ -1097,6 +1118,66 @@ mod tests {
         assert_eq!(size_of::<E>(), 192);
         assert_eq!(offset_of!(E, tail), 64);
         assert!(size_of::<super::Tail>() <= 128);
+    }
+
+    /// The bulk path (prefetch, prefetch_entry's hint, lookup) finds flows
+    /// with and without remaps, and a hint gone stale (its flow removed,
+    /// the entry reused by another) falls back to the bucket walk.
+    #[test]
+    fn hinted_lookups_find_the_flow_or_walk_the_buckets() {
+        let mut t = table(16);
+        let port = ActionSet {
+            dst_port: Some(8080),
+            ..ActionSet::default()
+        };
+        t.insert(key(1), remap(), port, 1, 0, 0).unwrap();
+        t.insert(
+            key(2),
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            2,
+            0,
+            0,
+        )
+        .unwrap();
+        for (k, want, actions) in [(key(1), 1, port), (key(2), 2, ActionSet::default())] {
+            let h = t.prefetch(&k);
+            let hint = t.prefetch_entry(h);
+            assert_ne!(hint, Hint::NONE);
+            let hit = t.lookup_hashed(&k, h, hint, 0, 1).unwrap();
+            assert_eq!(
+                (hit.side, hit.decision, *hit.actions),
+                (Side::Forward, want, actions)
+            );
+        }
+        let h = t.prefetch(&key(1));
+        let stale = t.prefetch_entry(h);
+        assert!(t.remove(&key(1)));
+        assert!(t.lookup_hashed(&key(1), h, stale, 0, 1).is_none());
+        // The freed entry is reused by another flow: the hint names it, but
+        // its key differs.
+        t.insert(
+            key(3),
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            3,
+            0,
+            1,
+        )
+        .unwrap();
+        assert!(t.lookup_hashed(&key(1), h, stale, 0, 1).is_none());
+        t.insert(
+            key(1),
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            4,
+            0,
+            1,
+        )
+        .unwrap();
+        let hit = t.lookup_hashed(&key(1), h, stale, 0, 2).unwrap();
+        assert_eq!(hit.decision, 4);
+        assert_eq!(t.lookup(&key(3), 0, 2).map(|h| h.decision), Some(3));
     }
 
     #[test]
