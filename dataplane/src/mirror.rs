@@ -269,6 +269,9 @@ impl Mirror {
         };
         let mut refused = 0u64;
         let mut first = None;
+        // The epoch moves once, after the batch (the caller acknowledges
+        // it after this returns).
+        self.writer.defer_epoch();
         for (i, &(s, rows)) in all.iter().enumerate() {
             if let Some(&(ahead, rows)) = all.get(i + PREFETCH_AHEAD) {
                 self.writer.prefetch(fast_tables(rows), ahead);
@@ -303,6 +306,7 @@ impl Mirror {
                 }
             }
         }
+        self.writer.announce();
         if let Some(why) = first {
             // One line per batch, however many subscribers it refused.
             let why = if refused > 1 {

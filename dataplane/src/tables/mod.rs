@@ -82,7 +82,9 @@
 //! version, epoch):
 //! - The **epoch** is one counter, on a cache line of its own, that the
 //!   writer bumps (release) after every change of any map and every
-//!   publication; a reader loads it (acquire) once per
+//!   publication, or once after a batch of changes
+//!   ([`TablesWriter::defer_epoch`], [`TablesWriter::announce`]: the
+//!   mirror's batches); a reader loads it (acquire) once per
 //!   [`TablesReader::refresh`]. A stamp taken at the reader's current epoch
 //!   is current without anything else being read: nothing at all changed
 //!   since. So a quiet appliance's flow hit reads no validity line. Changes
@@ -362,6 +364,11 @@ pub struct TablesWriter {
     swap: Arc<ArcSwap<Snapshot>>,
     generation: u64,
     live: Arc<AtomicUsize>,
+    /// Between [`TablesWriter::defer_epoch`] and [`TablesWriter::announce`]:
+    /// changes bump their lines but not the epoch.
+    deferred: bool,
+    /// A change was made while deferred.
+    pending: bool,
 }
 
 /// One worker's handle: cheap to clone (one per worker), `Send`.
@@ -409,6 +416,8 @@ impl TablesWriter {
             swap: Arc::new(ArcSwap::from_pointee(first)),
             generation: 1,
             live,
+            deferred: false,
+            pending: false,
         })
     }
 
@@ -574,7 +583,7 @@ impl TablesWriter {
     }
 
     /// Invalidates the flows of `h`'s validity line: after the change.
-    fn bump(&self, h: &KeyHash) {
+    fn bump(&mut self, h: &KeyHash) {
         let n = Table::ALL
             .iter()
             .map(|&t| self.shared.map(t).len(&self.writers[t as usize]) as usize)
@@ -583,7 +592,31 @@ impl TablesWriter {
         let l = self.shared.line(h);
         // The only writer: a load and a store, no locked instruction.
         l.store(l.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
-        self.next_epoch();
+        if self.deferred {
+            self.pending = true;
+        } else {
+            self.next_epoch();
+        }
+    }
+
+    /// Until [`TablesWriter::announce`], changes move their validity lines
+    /// but not the epoch: workers keep the decisions they have until the
+    /// whole batch is in, then revalidate once. The epoch line is then
+    /// written once per batch instead of once per row (every write of it
+    /// costs each worker a cache miss at its next refresh, and the writer
+    /// a miss too once a worker has read it).
+    pub fn defer_epoch(&mut self) {
+        self.deferred = true;
+    }
+
+    /// Moves the epoch once for the changes since
+    /// [`TablesWriter::defer_epoch`] (none: nothing to announce). Call it
+    /// before acknowledging the batch.
+    pub fn announce(&mut self) {
+        self.deferred = false;
+        if std::mem::take(&mut self.pending) {
+            self.next_epoch();
+        }
     }
 
     /// Moves the epoch on (after the change it announces) and returns it.

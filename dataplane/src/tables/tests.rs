@@ -400,6 +400,30 @@ fn a_stamp_goes_stale_on_any_change_to_the_subscriber_or_a_publish() {
     assert!(!r.is_current(Stamp::default()));
 }
 
+/// Changes made between `defer_epoch` and `announce` reach the flows
+/// together, at the announcement.
+#[test]
+fn a_deferred_batch_is_seen_when_announced() {
+    let mut w = small();
+    let mut r = w.reader();
+    let k = flow("10.0.0.1", "192.0.2.1", 80);
+    let s = r.classify(&k).stamp;
+    w.defer_epoch();
+    w.upsert(Table::Coupon, ip("10.0.0.1"), &lvl(3)).unwrap();
+    w.upsert(Table::Coupon, ip("10.0.0.2"), &lvl(3)).unwrap();
+    r.refresh();
+    assert_eq!(r.revalidate(s), Validity::Current, "not announced yet");
+    w.announce();
+    r.refresh();
+    assert_eq!(r.revalidate(s), Validity::Stale);
+    // Announcing nothing moves nothing.
+    let s = r.classify(&k).stamp;
+    w.defer_epoch();
+    w.announce();
+    r.refresh();
+    assert_eq!(r.revalidate(s), Validity::Current);
+}
+
 /// A reader that loads the epoch before a publication stored it but the
 /// snapshot after takes the snapshot's epoch: no stamp of the old snapshot
 /// passes as current (as if the writer stopped between its two steps).
@@ -615,6 +639,8 @@ mod stamps {
         Publish(u8),
         Refresh,
         Check,
+        Defer,
+        Announce,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -625,6 +651,8 @@ mod stamps {
             Just(Step::Refresh),
             Just(Step::Check),
             Just(Step::Check),
+            Just(Step::Defer),
+            Just(Step::Announce),
         ]
     }
 
@@ -648,6 +676,10 @@ mod stamps {
                 .map(|i| flow(&sub(i).to_string(), "192.0.2.1", 80))
                 .collect();
             let mut cached: Vec<Classified> = keys.iter().map(|k| r.classify(k)).collect();
+            // Between defer_epoch and announce a batch is being applied:
+            // flows may keep the decisions they had until it is announced,
+            // so the check waits for the announcement.
+            let mut deferred = false;
             for s in steps {
                 match s {
                     Step::Upsert(i, level) => {
@@ -664,6 +696,15 @@ mod stamps {
                         .unwrap();
                     }
                     Step::Refresh => r.refresh(),
+                    Step::Defer => {
+                        w.defer_epoch();
+                        deferred = true;
+                    }
+                    Step::Announce => {
+                        w.announce();
+                        deferred = false;
+                    }
+                    Step::Check if deferred => {}
                     Step::Check => {
                         // The worker's order: refresh, then check each flow.
                         r.refresh();
