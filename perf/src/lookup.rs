@@ -7,10 +7,14 @@
 //! - **flow hit, one by one**: `FlowTable::lookup` + `TablesReader::is_current`
 //!   per packet, the way a worker without batching would;
 //! - **flow hit, bulk**: the worker's path: a burst of 32 keys hashed and
-//!   their buckets and subscribers' validity lines prefetched, then their
-//!   entries prefetched, then looked up and revalidated
-//!   ([`FlowTable::prefetch`], [`TablesReader::prefetch_stamp`],
-//!   [`FlowTable::prefetch_entry`]);
+//!   their buckets prefetched (and their subscribers' validity lines, while
+//!   the policy epoch moves), then their entries prefetched, then looked up
+//!   and revalidated ([`FlowTable::prefetch`],
+//!   [`TablesReader::prefetch_stamp`], [`FlowTable::prefetch_entry`],
+//!   [`TablesReader::revalidate`]);
+//! - **flow hit, bulk, one binding write per burst**: the same with another
+//!   subscriber's binding written before each burst (untimed), so that
+//!   every stamp needs its line and a restamp: the update-storm case;
 //! - **flow miss**: `TablesReader::classify` of a new flow (once per flow);
 //! - **reference**: a read of one random 64-byte line per packet from an
 //!   array as large as the flow table, the floor any hash table with data
