@@ -348,7 +348,18 @@ pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
         );
     }
     let samples = sluice::samples(f.stdout.iter().map(|l| (l.t, l.text.as_str())));
-    let mut phases = Table::new(["phase", "Mpps", "vs quiet mean", "loss vs neighbours"]);
+    let mut phases = Table::new([
+        "phase",
+        "Mpps",
+        "vs quiet mean",
+        "loss vs neighbours",
+        "updates/s",
+    ]);
+    // Each storm phase's own update rate, in phase order.
+    let mut storm_rates = tl
+        .storm_rows
+        .iter()
+        .map(|&(r, s)| (s > 0.0).then(|| r as f64 / s));
     let rates: Vec<(bool, Option<f64>)> = tl
         .phases
         .iter()
@@ -370,11 +381,17 @@ pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
             .then(|| rates.get(i.wrapping_sub(1)..i + 2))
             .flatten()
             .and_then(|w| bracketed_losses(w).first().copied());
+        let updates = if *storm {
+            fmt_opt(storm_rates.next().flatten(), 0)
+        } else {
+            String::new()
+        };
         phases.row([
             format!("{} {}", i + 1, if *storm { "storm" } else { "quiet" }),
             fmt_opt(r.map(|x| x / 1e6), 2),
             fmt_opt(r.zip(quiet).map(|(x, q)| x / q), 3),
             loss.map_or(String::new(), |l| format!("{:.2} %", l * 100.0)),
+            updates,
         ]);
     }
     let losses = bracketed_losses(&rates);
