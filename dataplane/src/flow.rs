@@ -42,8 +42,9 @@
 //! # Expiry and eviction
 //! - Idle timeout: an entry unseen for longer than `idle_timeout` is
 //!   expired when next met (lookup, insert, the [`FlowTable::expire`]
-//!   sweep). Times are kept in 32 bits, in quanta of 1/65 536 of the idle
-//!   timeout (exact for timeouts below 65 536 units). After a FIN or RST
+//!   sweep). Times are kept in 32 bits, in quanta of 1/65 536 to 1/32 768
+//!   of the idle timeout, timeouts rounded up (exact for timeouts below
+//!   65 536 units). After a FIN or RST
 //!   in either direction the shorter `closing_timeout` applies; a new SYN
 //!   on a closing flow starts a new flow (the old entry ends, so the
 //!   policy is asked again).
@@ -269,8 +270,10 @@ pub struct FlowHit<'a, D> {
     pub side: Side,
     pub decision: D,
     pub reverse: &'a ReverseRewrite,
-    /// The forward actions the flow was inserted with (see
-    /// [`FlowTable::set_actions`]).
+    /// The forward actions as inserted or last set
+    /// ([`FlowTable::set_actions`]). [`FlowDecision::actions`] reads them
+    /// only when the decision has remaps; set them whenever a decision with
+    /// remaps is set.
     pub actions: &'a ActionSet,
 }
 
@@ -462,12 +465,30 @@ const NO_KEY: FlowKey = FlowKey {
     direction: Direction::Upstream,
 };
 
-/// How many quanta of the table's clock the idle timeout spans at most:
-/// ages are kept in 32 bits, so an age is known for 2^31 quanta, 32 768
-/// idle timeouts (45 days at 120 s), long after the sweep removed the
-/// entry; the timeouts are kept to 1 / 65 536 of the idle one (1.8 ms at
-/// 120 s).
+/// The idle timeout spans at most 2^16 quanta of the table's clock (a
+/// quantum is the power of two between 1/65 536 and 1/32 768 of it: 2.1 ms
+/// for 120 s in nanoseconds), and timeouts are rounded up to whole quanta.
+/// Ages are kept in 32 bits: an entry unseen for 2^32 quanta (at least
+/// 65 536 idle timeouts) would look fresh again, so the worker's sweep
+/// ([`FlowTable::expire`], run on idle polls too) must pass every entry
+/// well within that; it takes seconds to a minute for 4M flows.
 const TIMEOUT_QUANTA: u32 = 16;
+
+/// How far behind an entry's last sighting a caller's clock may be and
+/// still count as "now" rather than as an age near 2^32 quanta.
+const LAG_QUANTA: u32 = 1 << TIMEOUT_QUANTA;
+
+/// Quanta from `last` to `q` on the table's wrapping 32-bit clock: 0 when
+/// `q` lags `last` by at most [`LAG_QUANTA`].
+#[inline(always)]
+fn age_of(q: u32, last: u32) -> u32 {
+    let a = q.wrapping_sub(last);
+    if a > u32::MAX - LAG_QUANTA {
+        0
+    } else {
+        a
+    }
+}
 
 /// A bounded two-sided flow table, generic over a small `Copy` per-flow
 /// decision (default [`FlowDecision`]). See the module doc.
@@ -544,8 +565,9 @@ impl<D: Copy + Default> FlowTable<D> {
             mask: nbuckets - 1,
             keys: hash_keys(cfg.seed),
             shift,
-            idle: (cfg.idle_timeout >> shift) as u32,
-            closing: (cfg.closing_timeout >> shift) as u32,
+            // Rounded up: a flow never expires before its timeout.
+            idle: cfg.idle_timeout.div_ceil(1 << shift) as u32,
+            closing: cfg.closing_timeout.div_ceil(1 << shift) as u32,
             hand: 0,
             sweep: 0,
             counters: FlowCounters::default(),
@@ -677,7 +699,7 @@ impl<D: Copy + Default> FlowTable<D> {
         let q = self.clock(now);
         let e = self.entries.get_mut(idx as usize)?;
         // Never backwards (a caller's clock may lag another's slightly).
-        if (q.wrapping_sub(e.hot.last) as i32) > 0 {
+        if age_of(q, e.hot.last) > 0 {
             e.hot.last = q;
         }
         if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -783,13 +805,27 @@ impl<D: Copy + Default> FlowTable<D> {
     /// The reply state stays as inserted: remaps are fixed at a flow's
     /// start. Returns false if the handle's flow is gone.
     pub fn set_actions(&mut self, h: FlowHandle, actions: ActionSet) -> bool {
-        match self.entries.get_mut(h.0 as usize) {
+        let fwd = match self.entries.get_mut(h.0 as usize) {
             Some(e) if e.hot.live() => {
                 e.tail.actions = actions;
-                true
+                e.hot.key()
             }
-            _ => false,
+            _ => return false,
+        };
+        // The forward reference's flag follows, so that bulk lookups keep
+        // prefetching the line the actions are on exactly when needed.
+        let (b1, b2, _) = self.buckets_of(self.hash(&fwd));
+        let r = h.0 << 1;
+        for b in [b1, b2] {
+            if let Some(bucket) = self.buckets.get_mut(b) {
+                for slot in bucket.slot.iter_mut() {
+                    if *slot != EMPTY && *slot & !REF_REMAPS == r {
+                        *slot = r | if has_remaps(&actions) { REF_REMAPS } else { 0 };
+                    }
+                }
+            }
         }
+        true
     }
 
     /// Removes the flow that `key` (either side) belongs to.
@@ -841,16 +877,16 @@ impl<D: Copy + Default> FlowTable<D> {
         (now >> self.shift) as u32
     }
 
-    /// Quanta since the entry was last seen; negative if `now` lags it.
+    /// Quanta since the entry was last seen (see [`age_of`]).
     #[inline(always)]
-    fn age<X>(&self, h: &Hot<X>, now: u64) -> i32 {
-        self.clock(now).wrapping_sub(h.last) as i32
+    fn age<X>(&self, h: &Hot<X>, now: u64) -> u32 {
+        age_of(self.clock(now), h.last)
     }
 
     #[inline(always)]
     fn hot_expired(&self, h: &Hot<D>, now: u64) -> bool {
         let timeout = if h.closing() { self.closing } else { self.idle };
-        i64::from(self.age(h, now)) > i64::from(timeout)
+        self.age(h, now) > timeout
     }
 
     /// Seeded folded multiplies over the key's six 64-bit words (each
@@ -964,7 +1000,7 @@ impl<D: Copy + Default> FlowTable<D> {
     /// Of the given live entries, the first expired one, else the least
     /// recently seen; with whether it had expired.
     fn pick_victim(&self, candidates: impl Iterator<Item = u32>, now: u64) -> Option<(u32, bool)> {
-        let mut oldest: Option<(u32, i32)> = None;
+        let mut oldest: Option<(u32, u32)> = None;
         for idx in candidates {
             let Some(e) = self.entries.get(idx as usize).filter(|e| e.hot.live()) else {
                 continue;
@@ -1199,6 +1235,72 @@ mod tests {
             (7, true, true, None)
         );
         assert_eq!(FlowDecision::default().level(), crate::tables::BEST_EFFORT);
+    }
+
+    /// A flow unseen for longer than half the clock's range is old, not
+    /// "in the future": it expires, and eviction takes it before a fresh
+    /// one (a signed age had it look newest).
+    #[test]
+    fn a_very_old_flow_is_expired_not_revived() {
+        let mut t = table(2);
+        t.insert(
+            key(1),
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            1,
+            0,
+            0,
+        )
+        .unwrap();
+        let late = (1u64 << 31) + 5_000;
+        assert!(t.lookup(&key(1), 0, late).is_none());
+        let mut t = table(2);
+        t.insert(
+            key(1),
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            1,
+            0,
+            0,
+        )
+        .unwrap();
+        t.insert(
+            key(2),
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            2,
+            0,
+            late,
+        )
+        .unwrap();
+        t.insert(
+            key(3),
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            3,
+            0,
+            late,
+        )
+        .unwrap();
+        assert_eq!(t.lookup(&key(2), 0, late).map(|h| h.decision), Some(2));
+        assert!(t.lookup(&key(1), 0, late).is_none());
+        assert_eq!(t.counters().evictions, 0);
+    }
+
+    /// A closing timeout shorter than one quantum of a coarse clock is one
+    /// quantum, not zero: timeouts round up.
+    #[test]
+    fn timeouts_round_up_to_whole_quanta() {
+        let idle = 1u64 << 40;
+        let t: FlowTable<u32> = FlowTable::new(FlowTableConfig {
+            capacity: 4,
+            idle_timeout: idle,
+            closing_timeout: 1000,
+            seed: 1,
+        })
+        .unwrap();
+        assert_eq!(t.closing, 1);
+        assert_eq!(u64::from(t.idle) << t.shift, idle);
     }
 
     /// Timeouts far beyond 2^16 units are kept in coarser quanta: a flow

@@ -119,6 +119,11 @@ struct Meters {
     /// release it.
     ids: HashMap<String, (u32, u64, u64, Option<IpAddr>)>,
     free: Vec<u32>,
+    /// Released during the batch being applied: the flows that used them
+    /// keep their decisions until the batch is announced
+    /// ([`TablesWriter::announce`]), so they are not handed to another
+    /// row before then ([`Meters::reuse_released`]).
+    released: Vec<u32>,
     next: u32,
 }
 
@@ -156,11 +161,19 @@ impl Meters {
         Some(i)
     }
 
-    /// Frees `key`'s meter if `by` owns it (see [`Meters::ids`]).
+    /// Makes the meters released by the announced batch available again:
+    /// every flow still metered by one of them revalidates, and so is
+    /// re-classified, before its next packet is metered.
+    fn reuse_released(&mut self) {
+        self.free.append(&mut self.released);
+    }
+
+    /// Frees `key`'s meter if `by` owns it (see [`Meters::ids`]), once the
+    /// batch is announced.
     fn release(&mut self, key: &str, by: Option<IpAddr>, stats: &mut MirrorStats) {
         if self.ids.get(key).is_some_and(|e| e.3 == by) {
             if let Some((i, ..)) = self.ids.remove(key) {
-                self.free.push(i);
+                self.released.push(i);
             }
             stats.meters = self.ids.len() as u32;
         }
@@ -197,6 +210,7 @@ impl Mirror {
                 table: meters,
                 ids: HashMap::new(),
                 free: Vec::new(),
+                released: Vec::new(),
                 next: 0,
             },
             sub_meters: HashMap::new(),
@@ -307,6 +321,7 @@ impl Mirror {
             }
         }
         self.writer.announce();
+        self.meters.reuse_released();
         if let Some(why) = first {
             // One line per batch, however many subscribers it refused.
             let why = if refused > 1 {

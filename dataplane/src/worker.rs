@@ -110,9 +110,10 @@ const EXPIRE_EVERY: u32 = 256;
 /// in flight to hide the memory latency (each group pays one bucket-then-
 /// entry round trip: with the `classify` benchmark's burst, `BURST` in
 /// perf/src/lookup.rs, set to 16 a flow hit at 4M flows cost 123 cycles
-/// against 84-93 at 32), few enough that the 2-3 lines prefetched per frame
-/// (bucket, entry, validity line while the policy changes; 6 KiB a group)
-/// are still in L1.
+/// against 84-93 at 32), few enough that the lines prefetched per frame
+/// (bucket and entry line; the validity line while the policy changes; the
+/// entry's other two lines for replies and flows with remaps; 4-10 KiB a
+/// group) are still in L1.
 const GROUP: usize = 32;
 // A group's consumed frames are a bit mask in a u32.
 const _: () = assert!(GROUP <= 32);
@@ -375,6 +376,7 @@ impl Pipeline {
                             self.flows.set_decision(handle, d);
                         }
                         Validity::Stale => {
+                            let had_remaps = d.remaps();
                             let fresh = self.tables.classify(key);
                             c.classified(fresh.source, true, fresh.decision.level, now);
                             actions = ActionSet {
@@ -391,7 +393,7 @@ impl Pipeline {
                                 fresh.stamp,
                             );
                             self.flows.set_decision(handle, d);
-                            if d.remaps() {
+                            if d.remaps() || had_remaps {
                                 self.flows.set_actions(handle, actions);
                             }
                         }
@@ -734,6 +736,18 @@ impl Worker {
                 counters.add_punts(consumed.0, consumed.1, copies, copy_drops);
                 if injected > 0 {
                     counters.add_injected(injected);
+                }
+            }
+        }
+        // An idle pass sweeps too, so that every entry is looked at well
+        // within the flow table's clock range whatever the traffic (see
+        // `flow::TIMEOUT_QUANTA`): 64 entries every 256 idle passes.
+        if total == 0 {
+            if let Some(pipe) = &mut self.pipeline {
+                pipe.since_sweep += 1;
+                if pipe.since_sweep >= EXPIRE_EVERY {
+                    pipe.since_sweep = 0;
+                    pipe.flows.expire(dpdk::rdtsc(), EXPIRE_BUDGET);
                 }
             }
         }

@@ -554,13 +554,59 @@ fn a_rated_coupon_moved_to_another_subscriber_keeps_its_meter() {
     assert!(y.is_some() && y != x, "{y:?} {x:?}");
     assert_eq!(m.stats().meters, 2);
     // And back the other way (old address first): still one meter for x.
+    // The old owner releases it before the new one asks, so x gets another
+    // index: a released one is reused only after the batch.
     assert!(apply_line(
         &mut policy,
         &mut m,
         &coupon("update", "x", "10.0.0.9")
     ));
-    assert_eq!(meter_of(&m, "10.0.0.9"), x);
+    let moved = meter_of(&m, "10.0.0.9");
+    assert!(moved.is_some() && moved != y, "{moved:?} {y:?}");
+    assert_eq!(meter_of(&m, "10.0.0.1"), None);
     assert_eq!(m.stats().meters, 2);
+}
+
+/// A meter released in a batch is not handed to another row of the same
+/// batch: the flows that used it keep their decisions until the batch is
+/// announced, and would meter against the other row's rates meanwhile. It
+/// is reused from the next batch on.
+#[test]
+fn a_meter_released_in_a_batch_is_reused_only_after_it() {
+    let mut policy = Policy::in_memory();
+    let meters = MeterTable::new(8);
+    let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
+    let rated = |op: &str, id: &str, sub: &str| {
+        format!(
+            r#"{{"op":"{op}","table":"coupon","entry":{{"id":"{id}","subscriber":"{sub}","decision":{{"level":3,"rate":{{"committed_bps":5000000,"peak_bps":6000000}}}}}}}}"#
+        )
+    };
+    let meter_of = |m: &Mirror, sub: &str| {
+        m.writer()
+            .get(Table::Coupon, sub.parse().unwrap())
+            .and_then(|b| b.meter)
+    };
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &rated("add", "x", "10.0.0.1")
+    ));
+    let x = meter_of(&m, "10.0.0.1").expect("metered");
+    // 10.0.0.1 is re-derived (its meter released) before 10.0.0.2 takes one.
+    let remove_x = r#"{"op":"remove","table":"coupon","key":{"id":"x"}}"#.to_string();
+    assert!(apply_batch(
+        &mut policy,
+        &mut m,
+        &[remove_x, rated("add", "y", "10.0.0.2")]
+    ));
+    let y = meter_of(&m, "10.0.0.2").expect("metered");
+    assert_ne!(y, x, "reused within the batch that released it");
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &rated("add", "z", "10.0.0.3")
+    ));
+    assert_eq!(meter_of(&m, "10.0.0.3"), Some(x));
 }
 
 #[test]

@@ -65,7 +65,7 @@
 //! The writer compiles a [`PrefixPolicy`] into a new [`Snapshot`] with
 //! `generation = previous + 1` and swaps it into an
 //! [`arc_swap::ArcSwap`]. Each worker's [`TablesReader`] caches an `Arc`
-//! of the current snapshot and checks it once per poll iteration
+//! of the current snapshot and checks it before each burst it handles
 //! ([`TablesReader::refresh`], one relaxed pointer load when nothing
 //! changed). **The grace period is the reference count**: an old snapshot
 //! is freed when the writer has swapped it out and the last reader has
@@ -88,8 +88,8 @@
 //!   [`TablesReader::refresh`]. A stamp taken at the reader's current epoch
 //!   is current without anything else being read: nothing at all changed
 //!   since. So a quiet appliance's flow hit reads no validity line. Changes
-//!   become visible to `revalidate` at the worker's next refresh (once per
-//!   poll iteration).
+//!   become visible to `revalidate` at the worker's next refresh (before
+//!   its next burst).
 //! - Otherwise, the **validity lines** decide: an array of `AtomicU32`
 //!   counters ([`TablesConfig::validity_lines`], default 1 Mi = 4 MiB: the
 //!   worker prefetches a flow's line together with its flow-table bucket
@@ -102,7 +102,7 @@
 //!   every insert, update or removal of that key in any map, then the
 //!   epoch; the classifier loads the line (acquire) *before* its lookups.
 //!   So a stamp is current only if no change to the subscriber's bindings
-//!   completed since the lookups began, which covers what a per-record
+//!   was announced (its epoch moved) since the lookups began, which covers what a per-record
 //!   generation cannot: a binding *inserted* for a subscriber whose flows
 //!   were classified without one. Other subscribers sharing the line cost a
 //!   needless reclassification, nothing more (at W writes/s a flow is
@@ -116,9 +116,11 @@
 //!   after takes the snapshot's epoch, so no stamp of the previous snapshot
 //!   passes as current in between.
 //!
-//! Epochs and versions are 32-bit and compared by wrapping difference: a
-//! stamp is misjudged only if exactly 2^32 epochs passed while its flow saw
-//! no packet, far beyond any idle timeout.
+//! Epochs and versions are 32-bit. A stamp could be misjudged only after
+//! 2^31 epochs (the snapshot check is a signed wrapping difference) with no
+//! packet of its flow in between: with the mirror's one epoch per batch,
+//! years; with one per row at 1M rows/s, 36 minutes, still far beyond the
+//! flow's idle timeout.
 //!
 //! # Memory and cost (measured: `tables::stress`, release, this 2-core VM)
 //! - 84 bytes per binding at 1 Mi capacity: a 64-byte record, 16 bytes of
@@ -162,7 +164,7 @@
 //!     },
 //! }])?;
 //!
-//! // Worker: once per poll iteration, then per packet.
+//! // Worker: before each burst, then per packet.
 //! reader.refresh();
 //! let key = FlowKey::new((sub, 40000), ("192.0.2.1".parse().unwrap(), 443), PROTO_TCP, 0,
 //!     Direction::Upstream).unwrap();
@@ -231,8 +233,8 @@ pub const MAX_CAPACITY: u32 = 1 << 24;
 /// [`TablesReader::prefetch_stamp`] prefetches validity lines: while
 /// changes arrive, a burst's flows mostly need their lines read; once they
 /// stop, each flow reads its line once more (unprefetched) and is restamped.
-/// A worker refreshes once per poll iteration, so this is some
-/// milliseconds under load.
+/// A worker refreshes before each burst, so this is some milliseconds
+/// under load.
 pub const WARM_REFRESHES: u32 = 4096;
 
 /// Sizes, fixed at construction.
@@ -691,8 +693,10 @@ impl TablesWriter {
 }
 
 impl TablesReader {
-    /// Picks up the current snapshot. Call once per poll iteration, burst or
-    /// no burst: this is the worker's quiescent point.
+    /// Picks up the current snapshot and epoch. The worker calls it before
+    /// each burst it handles: its quiescent point (an idle worker keeps at
+    /// most one old snapshot alive, and sees the changes at its next burst,
+    /// before the burst's packets).
     #[inline]
     pub fn refresh(&mut self) {
         // Acquire, before the snapshot: a snapshot published before this
