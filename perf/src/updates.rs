@@ -58,6 +58,8 @@ struct Timeline {
     phases: Vec<(f64, f64, bool)>,
     /// Rows acknowledged and the time spent, per storm phase.
     storm_rows: Vec<(u64, f64)>,
+    /// Store compactions during each phase (from `stats` at its ends).
+    compactions: Vec<Option<u64>>,
     /// Round trip of each storm request, seconds.
     batch_rtt: Vec<f64>,
     effects: Vec<Effect>,
@@ -229,6 +231,14 @@ fn drive(
         })
     };
     let mut sweep = Sweep::new(1 << 20);
+    let compactions = |c: &mut Client| -> Option<u64> {
+        c.call(&json!({"op": "stats"}))
+            .ok()?
+            .value
+            .pointer("/store/compactions")?
+            .as_u64()
+    };
+    let mut compacted = compactions(&mut storm);
     for (k, storm_phase) in PHASES.into_iter().enumerate() {
         let start = begin + Duration::from_secs_f64(PHASE_SECS * k as f64);
         let end = start + Duration::from_secs_f64(PHASE_SECS);
@@ -248,9 +258,16 @@ fn drive(
             tl.lock().unwrap().batch_rtt.push(s.elapsed().as_secs_f64());
             rows += u64::from(STORM_BATCH);
         }
+        let now_compacted = compactions(&mut storm);
         let mut t = tl.lock().unwrap();
         t.phases
             .push((since(start), since(Instant::now()), storm_phase));
+        t.compactions.push(
+            now_compacted
+                .zip(compacted)
+                .map(|(b, a)| b.saturating_sub(a)),
+        );
+        compacted = now_compacted;
         if storm_phase {
             t.storm_rows.push((rows, t_start.elapsed().as_secs_f64()));
         }
@@ -354,6 +371,7 @@ pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
         "vs quiet mean",
         "loss vs neighbours",
         "updates/s",
+        "compactions",
     ]);
     // Each storm phase's own update rate, in phase order.
     let mut storm_rates = tl
@@ -392,6 +410,11 @@ pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
             fmt_opt(r.zip(quiet).map(|(x, q)| x / q), 3),
             loss.map_or(String::new(), |l| format!("{:.2} %", l * 100.0)),
             updates,
+            tl.compactions
+                .get(i)
+                .copied()
+                .flatten()
+                .map_or("–".into(), |n| n.to_string()),
         ]);
     }
     let losses = bracketed_losses(&rates);

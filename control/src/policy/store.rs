@@ -729,6 +729,7 @@ impl Store {
         };
         let tmp = self.dir.join(SNAPSHOT_TMP);
         let snap = self.dir.join(SNAPSHOT);
+        let started = std::time::Instant::now();
         let f = File::create(&tmp).map_err(io_err("create", &tmp))?;
         let written = write_record_streamed(&f, &out).and_then(|n| f.sync_all().map(|()| n));
         drop(f);
@@ -762,6 +763,12 @@ impl Store {
         }
         self.journal_bytes = 0;
         self.journal_records = 0;
+        log::info!(
+            "policy store compacted: snapshot of seq {} ({} bytes) in {:.0} ms",
+            self.snapshot_seq,
+            self.snapshot_bytes,
+            started.elapsed().as_secs_f64() * 1e3
+        );
         Ok(())
     }
 
