@@ -25,7 +25,8 @@
 //! - **Static `[[rules]]` come first.** They are the operator's config;
 //!   a flow they match is pinned to that decision for its life. Flows no
 //!   rule matches are classified by the policy tables and re-checked on
-//!   every forward packet ([`TablesReader::is_current`]).
+//!   every forward packet ([`TablesReader::revalidate`]: one compare while
+//!   the policy's epoch stands).
 //! - **A remap from the policy applies only to a flow whose first packet
 //!   this worker sees opens it** (a TCP SYN without ACK; any UDP packet).
 //!   A TCP connection already running when a remap coupon arrives (or
