@@ -1115,6 +1115,23 @@ mod tests {
         }
     }
 
+    /// Inserts a flow without rewrites or TCP flags.
+    fn add(
+        t: &mut FlowTable<u32>,
+        k: FlowKey,
+        d: u32,
+        now: u64,
+    ) -> Result<FlowHandle, InsertError> {
+        t.insert(
+            k,
+            ReverseRewrite::default(),
+            ActionSet::default(),
+            d,
+            0,
+            now,
+        )
+    }
+
     fn table(capacity: u32) -> FlowTable<u32> {
         FlowTable::new(cfg(capacity)).unwrap()
     }
@@ -1167,15 +1184,7 @@ mod tests {
             ..ActionSet::default()
         };
         t.insert(key(1), remap(), port, 1, 0, 0).unwrap();
-        t.insert(
-            key(2),
-            ReverseRewrite::default(),
-            ActionSet::default(),
-            2,
-            0,
-            0,
-        )
-        .unwrap();
+        add(&mut t, key(2), 2, 0).unwrap();
         for (k, want, actions) in [(key(1), 1, port), (key(2), 2, ActionSet::default())] {
             let h = t.prefetch(&k);
             let hint = t.prefetch_entry(h);
@@ -1192,25 +1201,9 @@ mod tests {
         assert!(t.lookup_hashed(&key(1), h, stale, 0, 1).is_none());
         // The freed entry is reused by another flow: the hint names it, but
         // its key differs.
-        t.insert(
-            key(3),
-            ReverseRewrite::default(),
-            ActionSet::default(),
-            3,
-            0,
-            1,
-        )
-        .unwrap();
+        add(&mut t, key(3), 3, 1).unwrap();
         assert!(t.lookup_hashed(&key(1), h, stale, 0, 1).is_none());
-        t.insert(
-            key(1),
-            ReverseRewrite::default(),
-            ActionSet::default(),
-            4,
-            0,
-            1,
-        )
-        .unwrap();
+        add(&mut t, key(1), 4, 1).unwrap();
         let hit = t.lookup_hashed(&key(1), h, stale, 0, 2).unwrap();
         assert_eq!(hit.decision, 4);
         assert_eq!(t.lookup(&key(3), 0, 2).map(|h| h.decision), Some(3));
@@ -1243,45 +1236,13 @@ mod tests {
     #[test]
     fn a_very_old_flow_is_expired_not_revived() {
         let mut t = table(2);
-        t.insert(
-            key(1),
-            ReverseRewrite::default(),
-            ActionSet::default(),
-            1,
-            0,
-            0,
-        )
-        .unwrap();
+        add(&mut t, key(1), 1, 0).unwrap();
         let late = (1u64 << 31) + 5_000;
         assert!(t.lookup(&key(1), 0, late).is_none());
         let mut t = table(2);
-        t.insert(
-            key(1),
-            ReverseRewrite::default(),
-            ActionSet::default(),
-            1,
-            0,
-            0,
-        )
-        .unwrap();
-        t.insert(
-            key(2),
-            ReverseRewrite::default(),
-            ActionSet::default(),
-            2,
-            0,
-            late,
-        )
-        .unwrap();
-        t.insert(
-            key(3),
-            ReverseRewrite::default(),
-            ActionSet::default(),
-            3,
-            0,
-            late,
-        )
-        .unwrap();
+        add(&mut t, key(1), 1, 0).unwrap();
+        add(&mut t, key(2), 2, late).unwrap();
+        add(&mut t, key(3), 3, late).unwrap();
         assert_eq!(t.lookup(&key(2), 0, late).map(|h| h.decision), Some(2));
         assert!(t.lookup(&key(1), 0, late).is_none());
         assert_eq!(t.counters().evictions, 0);
@@ -1318,30 +1279,14 @@ mod tests {
         let quantum = 1u64 << t.shift;
         assert!(quantum * 65_536 <= 2 * idle && quantum * 65_536 > idle / 2);
         let start = 1u64 << 40;
-        t.insert(
-            key(1),
-            ReverseRewrite::default(),
-            ActionSet::default(),
-            1,
-            0,
-            start,
-        )
-        .unwrap();
+        add(&mut t, key(1), 1, start).unwrap();
         assert!(t.lookup(&key(1), 0, start + idle - quantum).is_some());
         let seen = start + idle - quantum;
         assert!(t.lookup(&key(1), 0, seen + idle - quantum).is_some());
         let seen = seen + idle - quantum;
         assert!(t.lookup(&key(1), 0, seen + idle + 2 * quantum).is_none());
         // A clock a little behind the last sighting is not an expiry.
-        t.insert(
-            key(2),
-            ReverseRewrite::default(),
-            ActionSet::default(),
-            2,
-            0,
-            start,
-        )
-        .unwrap();
+        add(&mut t, key(2), 2, start).unwrap();
         assert!(t.lookup(&key(2), 0, start - 5 * quantum).is_some());
     }
 
@@ -1391,15 +1336,7 @@ mod tests {
     #[test]
     fn keys_differ_by_direction_vlan_and_protocol() {
         let mut t = table(16);
-        t.insert(
-            key(1),
-            ReverseRewrite::default(),
-            ActionSet::default(),
-            1,
-            0,
-            0,
-        )
-        .unwrap();
+        add(&mut t, key(1), 1, 0).unwrap();
         let mut k = key(1);
         k.direction = Direction::Downstream;
         assert!(t.lookup(&k, 0, 0).is_none());
@@ -1544,15 +1481,7 @@ mod tests {
         let mut t = table(4);
         t.insert(key(1), remap(), ActionSet::default(), 1, 0, 0)
             .unwrap();
-        t.insert(
-            key(1),
-            ReverseRewrite::default(),
-            ActionSet::default(),
-            2,
-            0,
-            1,
-        )
-        .unwrap();
+        add(&mut t, key(1), 2, 1).unwrap();
         assert_eq!(t.len(), 1);
         assert!(t.lookup(&key(1).reply_key(&remap()), 0, 2).is_none());
         assert_eq!(t.lookup(&key(1), 0, 2).map(|h| h.decision), Some(2));

@@ -285,14 +285,7 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
     ];
     let op = raw.op.as_str();
     check_fields(op, &present)?;
-    let table = raw
-        .table
-        .as_deref()
-        .map(|t| {
-            t.parse::<Table>()
-                .map_err(|r| ProtocolError::new(None, "table", r))
-        })
-        .transpose()?;
+    let table = parse_table(raw.table.as_deref())?;
     Ok(match op {
         "add" | "update" | "remove" | "batch" => {
             let (op, changes) = batch_changes(BatchFields {
@@ -338,6 +331,16 @@ pub fn parse_request(line: &str) -> Result<Request, ProtocolError> {
         "stats" => Request::Stats,
         _ => Request::Tables,
     })
+}
+
+/// A request's (or journal record's) `table` field, if present.
+pub(crate) fn parse_table(table: Option<&str>) -> Result<Option<Table>, ProtocolError> {
+    table
+        .map(|t| {
+            t.parse::<Table>()
+                .map_err(|r| ProtocolError::new(None, "table", r))
+        })
+        .transpose()
 }
 
 /// Checks which of a request's fields `present` holds against what `op`

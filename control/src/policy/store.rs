@@ -66,7 +66,7 @@ use thiserror::Error;
 
 use super::model::{Change, Entry, Key, Table};
 use super::model::{CouponBinding, Decision, EligibilityRule, LoginBinding, SpAllocation, Tier};
-use super::protocol::{batch_changes, check_fields, BatchFields, ProtocolError};
+use super::protocol::{batch_changes, check_fields, parse_table, BatchFields, ProtocolError};
 use super::state::{Applied, BatchError, PolicyState, Touched};
 
 const MAGIC: [u8; 4] = *b"SLJ1";
@@ -433,14 +433,7 @@ impl JournalIn<'_> {
             ("changes", self.changes.is_some()),
         ];
         check_fields(op, &present)?;
-        let table = self
-            .table
-            .as_deref()
-            .map(|t| {
-                t.parse::<Table>()
-                    .map_err(|r| ProtocolError::new(None, "table", r))
-            })
-            .transpose()?;
+        let table = parse_table(self.table.as_deref())?;
         let (_, changes) = batch_changes(BatchFields {
             op,
             table,

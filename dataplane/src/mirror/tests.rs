@@ -255,6 +255,21 @@ fn apply_line(policy: &mut Policy, m: &mut Mirror, change: &str) -> bool {
     apply_batch(policy, m, &[change.to_string()])
 }
 
+/// A coupon row of `sub` at level 3 with a rate (so it takes a meter), for
+/// `op` (add, update).
+fn rated(op: &str, id: &str, sub: &str) -> String {
+    format!(
+        r#"{{"op":"{op}","table":"coupon","entry":{{"id":"{id}","subscriber":"{sub}","decision":{{"level":3,"rate":{{"committed_bps":5000000,"peak_bps":6000000}}}}}}}}"#
+    )
+}
+
+/// The meter of `sub`'s coupon record in the tables.
+fn meter_of(m: &Mirror, sub: &str) -> Option<u32> {
+    m.writer()
+        .get(Table::Coupon, sub.parse().unwrap())
+        .and_then(|b| b.meter)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
     #[test]
@@ -361,13 +376,16 @@ fn rows_with_a_rate_get_a_meter_of_their_own_released_with_the_row() {
     let meters = MeterTable::new(2);
     let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
     let mut reader = m.reader();
-    let coupon = |id: &str, sub: &str| {
-        format!(
-            r#"{{"op":"add","table":"coupon","entry":{{"id":"{id}","subscriber":"{sub}","decision":{{"level":3,"rate":{{"committed_bps":5000000,"peak_bps":6000000}}}}}}}}"#
-        )
-    };
-    assert!(apply_line(&mut policy, &mut m, &coupon("a", "10.0.0.1")));
-    assert!(apply_line(&mut policy, &mut m, &coupon("b", "10.0.0.2")));
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &rated("add", "a", "10.0.0.1")
+    ));
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &rated("add", "b", "10.0.0.2")
+    ));
     let key = |s: &str| {
         FlowKey::new(
             (s.parse().unwrap(), 1000),
@@ -386,7 +404,11 @@ fn rows_with_a_rate_get_a_meter_of_their_own_released_with_the_row() {
     assert!(ma.is_some() && mb.is_some() && ma != mb, "{ma:?} {mb:?}");
     assert_eq!(m.stats().meters, 2);
     // Both meters are taken: a third rated row goes unmetered, counted.
-    assert!(apply_line(&mut policy, &mut m, &coupon("c", "10.0.0.3")));
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &rated("add", "c", "10.0.0.3")
+    ));
     reader.refresh();
     assert_eq!(reader.classify(&key("10.0.0.3")).decision.meter, None);
     assert_eq!(m.stats().meters_exhausted, 1);
@@ -397,7 +419,11 @@ fn rows_with_a_rate_get_a_meter_of_their_own_released_with_the_row() {
         r#"{"op":"remove","table":"coupon","key":{"id":"a"}}"#
     ));
     assert_eq!(m.stats().meters, 1);
-    assert!(apply_line(&mut policy, &mut m, &coupon("d", "10.0.0.4")));
+    assert!(apply_line(
+        &mut policy,
+        &mut m,
+        &rated("add", "d", "10.0.0.4")
+    ));
     reader.refresh();
     assert_eq!(reader.classify(&key("10.0.0.4")).decision.meter, ma);
 }
@@ -519,27 +545,17 @@ fn a_rated_coupon_moved_to_another_subscriber_keeps_its_meter() {
     let mut policy = Policy::in_memory();
     let meters = MeterTable::new(8);
     let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
-    let coupon = |op: &str, id: &str, sub: &str| {
-        format!(
-            r#"{{"op":"{op}","table":"coupon","entry":{{"id":"{id}","subscriber":"{sub}","decision":{{"level":3,"rate":{{"committed_bps":5000000,"peak_bps":6000000}}}}}}}}"#
-        )
-    };
-    let meter_of = |m: &Mirror, sub: &str| {
-        m.writer()
-            .get(Table::Coupon, sub.parse().unwrap())
-            .and_then(|b| b.meter)
-    };
     assert!(apply_line(
         &mut policy,
         &mut m,
-        &coupon("add", "x", "10.0.0.9")
+        &rated("add", "x", "10.0.0.9")
     ));
     let x = meter_of(&m, "10.0.0.9");
     assert!(x.is_some());
     assert!(apply_line(
         &mut policy,
         &mut m,
-        &coupon("update", "x", "10.0.0.1")
+        &rated("update", "x", "10.0.0.1")
     ));
     assert_eq!(meter_of(&m, "10.0.0.1"), x);
     assert_eq!(meter_of(&m, "10.0.0.9"), None);
@@ -548,7 +564,7 @@ fn a_rated_coupon_moved_to_another_subscriber_keeps_its_meter() {
     assert!(apply_line(
         &mut policy,
         &mut m,
-        &coupon("add", "y", "10.0.0.5")
+        &rated("add", "y", "10.0.0.5")
     ));
     let y = meter_of(&m, "10.0.0.5");
     assert!(y.is_some() && y != x, "{y:?} {x:?}");
@@ -559,7 +575,7 @@ fn a_rated_coupon_moved_to_another_subscriber_keeps_its_meter() {
     assert!(apply_line(
         &mut policy,
         &mut m,
-        &coupon("update", "x", "10.0.0.9")
+        &rated("update", "x", "10.0.0.9")
     ));
     let moved = meter_of(&m, "10.0.0.9");
     assert!(moved.is_some() && moved != y, "{moved:?} {y:?}");
@@ -576,16 +592,6 @@ fn a_meter_released_in_a_batch_is_reused_only_after_it() {
     let mut policy = Policy::in_memory();
     let meters = MeterTable::new(8);
     let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
-    let rated = |op: &str, id: &str, sub: &str| {
-        format!(
-            r#"{{"op":"{op}","table":"coupon","entry":{{"id":"{id}","subscriber":"{sub}","decision":{{"level":3,"rate":{{"committed_bps":5000000,"peak_bps":6000000}}}}}}}}"#
-        )
-    };
-    let meter_of = |m: &Mirror, sub: &str| {
-        m.writer()
-            .get(Table::Coupon, sub.parse().unwrap())
-            .and_then(|b| b.meter)
-    };
     assert!(apply_line(
         &mut policy,
         &mut m,
