@@ -621,11 +621,10 @@ impl TablesWriter {
         }
     }
 
-    /// Moves the epoch on (after the change it announces) and returns it.
-    fn next_epoch(&self) -> u32 {
+    /// Moves the epoch on (after the change it announces).
+    fn next_epoch(&self) {
         let e = self.shared.epoch.load(Ordering::Relaxed).wrapping_add(1);
         self.shared.epoch.store(e, Ordering::Release);
-        e
     }
 
     /// The binding `subscriber` has in `table`, as last written (in the
