@@ -156,6 +156,31 @@ pub fn tsc_hz() -> u64 {
     unsafe { sys::rte_get_tsc_hz() }
 }
 
+/// mimalloc's `mi_option_purge_delay` (the same index in its v2 and v3
+/// headers, `mimalloc.h`'s `mi_option_e`; `libmimalloc-sys` names only
+/// some options).
+const MI_OPTION_PURGE_DELAY: c_int = 15;
+
+/// Tells mimalloc (the binaries' global allocator) never to hand freed
+/// memory back to the kernel. Call first thing in `main`, before the
+/// threads start.
+///
+/// Every purge is an `madvise` that unmaps pages of the process, and the
+/// kernel then flushes the TLB of every CPU running the process, with an
+/// inter-processor interrupt: the worker cores too, which do not allocate
+/// but share the address space with the control thread, whose 10k-row
+/// batches free megabytes each. `sluice-perf updates` counted about 1,500
+/// TLB-shootdown interrupts on the worker's CPU per run (up to 130 a second
+/// during storms, /proc/interrupts) with the default 10 ms purge delay and
+/// 3 to 5 with none. The price: the process keeps its peak heap (the
+/// control thread's largest batch) resident.
+pub fn allocator_keep_freed_memory() {
+    // SAFETY: mi_option_set stores an integer in mimalloc's option table
+    // (an atomic store); any option index and value is accepted, and
+    // mimalloc reads the value at its next purge decision.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
+
 /// Asks the CPU to bring the cache line holding `r` into L1 (a hint: it
 /// never faults, blocks or changes memory). The worker issues these for a
 /// whole burst before it touches any of the lines, so that their misses

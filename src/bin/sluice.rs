@@ -17,7 +17,9 @@ use sluice_dataplane::app::{self, RunOptions};
 /// kernel only to fault them in again on the next request. `sluice-perf
 /// control` measured the control path about 1.3x faster per row with it.
 /// DPDK's own memory (mbufs, rings) does not come from here, and workers
-/// do not allocate on the fast path.
+/// do not allocate on the fast path. It never returns freed memory to the
+/// kernel (`dpdk::allocator_keep_freed_memory`): doing so interrupted the
+/// workers with TLB shootdowns.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -122,6 +124,7 @@ fn real_main(args: Args) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
+    sluice_dataplane::dpdk::allocator_keep_freed_memory();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     match real_main(args) {
