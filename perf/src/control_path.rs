@@ -130,7 +130,7 @@ pub fn run(dir: &std::path::Path, stored_rows: u32, requests: u32) -> Result<Con
     for k in 0..=requests {
         let line = sweep.next_request();
         let t0 = Instant::now();
-        let changes = changes_of(&line)?;
+        let changes = changes_of(line)?;
         let parse = t0.elapsed();
         // The in-memory copy first, on its own: between the real commit and
         // the mirror it would evict what they share, which the control
