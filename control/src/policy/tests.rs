@@ -894,3 +894,35 @@ proptest! {
         let _ = super::csv::parse_csv(Table::ALL[t], format!("id,subscriber,level,dst,port\n{text}").as_bytes());
     }
 }
+
+/// Re-rating a coupon in place (same subscriber, destination and port)
+/// skips the match-index checks: it passes at the per-subscriber limit,
+/// where moving it elsewhere does not, and a batch that fails after it
+/// puts the old row back.
+#[test]
+fn a_coupon_re_rated_in_place_passes_the_limit_and_rolls_back() {
+    let mut s = PolicyState::new();
+    let full: Vec<Change> = (0..MAX_COUPONS_PER_SUBSCRIBER)
+        .map(|i| coupon(&format!("c{i}"), "10.0.0.1", None, Some(1000 + i as u64), 3))
+        .collect();
+    s.apply(&full).unwrap();
+    let update = |c: Change| match c {
+        Change::Add(e) => Change::Update(e),
+        other => other,
+    };
+    let rerated = update(coupon("c0", "10.0.0.1", None, Some(1000), 5));
+    s.apply(std::slice::from_ref(&rerated)).unwrap();
+    assert_eq!(
+        source(&s, q("10.0.0.1", "192.0.2.1", 6, 1000)),
+        coupon_src("c0".into())
+    );
+    // Onto the port of c1: a duplicate match, refused.
+    let clash = update(coupon("c0", "10.0.0.1", None, Some(1001), 5));
+    assert!(reason(&mut s, &[clash]).reason.contains("duplicate match"));
+    let before = s.clone();
+    let back = update(coupon("c0", "10.0.0.1", None, Some(1000), 3));
+    let missing = update(coupon("nope", "10.0.0.2", None, None, 3));
+    let e = reason(&mut s, &[back, missing]);
+    assert_eq!(e.index, 1);
+    assert_eq!(s, before);
+}
