@@ -156,9 +156,12 @@ pub fn tsc_hz() -> u64 {
     unsafe { sys::rte_get_tsc_hz() }
 }
 
-/// mimalloc's `mi_option_purge_delay` (the same index in its v2 and v3
-/// headers, `mimalloc.h`'s `mi_option_e`; `libmimalloc-sys` names only
-/// some options).
+/// mimalloc's `mi_option_purge_delay`: its index in `mi_option_e`
+/// (`mimalloc.h`), the same in the v2 and v3 headers that
+/// `libmimalloc-sys` 0.1.49 bundles (it builds v3). `libmimalloc-sys` names
+/// only some options, so the index is restated here, and the crate's
+/// version is pinned exactly (`dataplane/Cargo.toml`): a release that
+/// reordered the enum must not silently set another option.
 const MI_OPTION_PURGE_DELAY: c_int = 15;
 
 /// Tells mimalloc (the binaries' global allocator) never to hand freed
@@ -171,9 +174,10 @@ const MI_OPTION_PURGE_DELAY: c_int = 15;
 /// but share the address space with the control thread, whose 10k-row
 /// batches free megabytes each. `sluice-perf updates` counted about 1,500
 /// TLB-shootdown interrupts on the worker's CPU per run (up to 130 a second
-/// during storms, /proc/interrupts) with the default 10 ms purge delay and
-/// 3 to 5 with none. The price: the process keeps its peak heap (the
-/// control thread's largest batch) resident.
+/// during storms, /proc/interrupts) with mimalloc's default purge delay
+/// (v3: 1 s) and 3 to 5 with none. The price: the process keeps its peak
+/// heap (the control thread's largest batch) resident. Being set here, the
+/// option ignores `MIMALLOC_PURGE_DELAY` from the environment.
 pub fn allocator_keep_freed_memory() {
     // SAFETY: mi_option_set stores an integer in mimalloc's option table
     // (an atomic store); any option index and value is accepted, and

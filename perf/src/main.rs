@@ -334,6 +334,9 @@ fn real_main(args: Args) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
+    // As `sluice` does: the in-process scenarios measure its allocator
+    // settings too.
+    sluice_dataplane::dpdk::allocator_keep_freed_memory();
     let cmd = Args::command().after_help(scenario_list());
     let args = match Args::from_arg_matches(&cmd.get_matches()) {
         Ok(a) => a,

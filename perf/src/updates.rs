@@ -227,8 +227,8 @@ fn storm_request_at(dscp: u8, start: u32) -> (String, Vec<usize>) {
         write_bulk_coupon(&mut line, i, dscp);
         let at = line[row..]
             .rfind(DSCP_KEY)
-            .map(|o| row + o + DSCP_KEY.len());
-        dscp_at.extend(at);
+            .expect("a bulk coupon row names its DSCP");
+        dscp_at.push(row + at + DSCP_KEY.len());
     }
     line.push_str("]}");
     (line, dscp_at)

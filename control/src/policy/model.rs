@@ -149,10 +149,18 @@ impl FromStr for Level {
         if let Ok(n) = t.parse::<u64>() {
             return Level::from_number(n).ok_or_else(|| Level::out_of_range(n));
         }
-        let norm = t.to_ascii_lowercase().replace('_', "-");
+        // Compared byte by byte rather than normalized into a new string:
+        // every row of a coupon batch names its level.
+        let same = |name: &str| {
+            name.len() == t.len()
+                && name.bytes().zip(t.bytes()).all(|(n, c)| {
+                    let c = c.to_ascii_lowercase();
+                    n == c || (n == b'-' && c == b'_')
+                })
+        };
         Level::ALL
             .into_iter()
-            .find(|l| l.name() == norm)
+            .find(|l| same(l.name()))
             .ok_or_else(|| Level::out_of_range(format!("{s:?}")))
     }
 }
@@ -1425,6 +1433,13 @@ mod tests {
     fn levels_parse_by_name_and_number_with_their_default_dscp() {
         assert_eq!("voice".parse::<Level>().unwrap(), Level::Voice);
         assert_eq!("Best_Effort".parse::<Level>().unwrap(), Level::BestEffort);
+        assert_eq!(
+            " NETWORK_control ".parse::<Level>().unwrap(),
+            Level::NetworkControl
+        );
+        assert!("best effort".parse::<Level>().is_err());
+        assert!("vöice".parse::<Level>().is_err());
+        assert!("voice-".parse::<Level>().is_err());
         assert_eq!("7".parse::<Level>().unwrap(), Level::Scavenger);
         assert!("8".parse::<Level>().unwrap_err().contains("0..=7"));
         assert!("gold".parse::<Level>().is_err());

@@ -67,8 +67,11 @@
 //! [`StoreStats::last_compaction_error`].
 //!
 //! # Failures
-//! A failed journal write is cut off again (the file truncated to its length
-//! before) and the batch is refused, state unchanged. A failed `fsync`
+//! A failed journal write is cut off again (the file truncated to the end
+//! of the last record, dropping the preallocated space after it) and the
+//! batch is refused, state unchanged. A failed preallocation does not fail
+//! the batch: its record is appended as without preallocation, and
+//! preallocation stays off until the next compaction. A failed `fsync`
 //! poisons the store: after it the kernel may have dropped the dirty pages
 //! and nothing more can be promised, so every later commit is refused until
 //! the process restarts and reloads what really is on disk.
@@ -113,7 +116,7 @@ pub struct StoreOptions {
     pub truncate_corrupt: bool,
     /// Journal space zero-filled ahead of the records at a time (see
     /// *Preallocation*); 0: plain appends. Filling it holds up the commit
-    /// that needs it (32 MiB: tens of milliseconds here).
+    /// that needs it (32 MiB: ~20 ms here).
     pub journal_prealloc_bytes: u64,
 }
 
@@ -202,6 +205,8 @@ pub struct Store {
     journal_bytes: u64,
     /// The file's length: zeros from `journal_bytes` to here.
     journal_allocated: u64,
+    /// A zero-fill failed: no more until the next compaction.
+    prealloc_failed: bool,
     journal_records: u64,
     snapshot_seq: u64,
     snapshot_bytes: u64,
@@ -653,6 +658,7 @@ impl Store {
             journal,
             journal_bytes: off as u64,
             journal_allocated: allocated,
+            prealloc_failed: false,
             journal_records: records,
             snapshot_seq: report.snapshot_seq,
             snapshot_bytes,
@@ -716,38 +722,50 @@ impl Store {
         r
     }
 
-    /// Zero-fills journal space so that `need` more bytes fit (nothing
-    /// when they already do); the next `fsync` makes it durable.
-    fn preallocate(&mut self, need: u64) -> io::Result<()> {
+    /// Zero-fills journal space, a chunk at a time, so that `need` more
+    /// bytes fit (nothing when they already do, or when preallocation is
+    /// off); the next `fsync` makes it durable.
+    ///
+    /// A failed fill (a full disk, a file-size limit) is undone and turns
+    /// preallocation off until the next compaction empties the journal:
+    /// the record itself may still fit, and is then appended as before
+    /// preallocation, rather than every commit trying (and failing) to
+    /// write a whole chunk of zeros first.
+    fn preallocate(&mut self, need: u64) {
         use std::os::unix::fs::FileExt;
         let end = self.journal_bytes + need;
-        if end <= self.journal_allocated {
-            return Ok(());
-        }
         let chunk = self.opts.journal_prealloc_bytes;
-        let target = if chunk == 0 {
-            end
-        } else {
-            end.div_ceil(chunk) * chunk
-        };
-        let zeros = vec![0u8; (1 << 20).min(target - self.journal_allocated) as usize];
-        while self.journal_allocated < target {
-            let n = zeros.len().min((target - self.journal_allocated) as usize);
-            self.journal
-                .write_all_at(&zeros[..n], self.journal_allocated)?;
-            self.journal_allocated += n as u64;
+        if end <= self.journal_allocated || chunk == 0 || self.prealloc_failed {
+            return;
         }
-        Ok(())
+        let (before, target) = (self.journal_allocated, end.div_ceil(chunk) * chunk);
+        let zeros = vec![0u8; (1 << 20).min(target - before) as usize];
+        let mut at = before;
+        while at < target {
+            let n = zeros.len().min((target - at) as usize);
+            if let Err(e) = self.journal.write_all_at(&zeros[..n], at) {
+                log::warn!(
+                    "policy journal: preallocating {} bytes failed ({e}); appending until the next compaction",
+                    target - before
+                );
+                self.prealloc_failed = true;
+                // Whatever was zero-filled may stay if it cannot be cut.
+                if self.journal.set_len(before).is_err() {
+                    self.journal_allocated = at;
+                }
+                return;
+            }
+            at += n as u64;
+        }
+        self.journal_allocated = target;
     }
 
     /// Writes the encoded record `rec` at the journal's end and syncs it.
     fn write_journal(&mut self, rec: &[u8]) -> Result<(), StoreError> {
         use std::os::unix::fs::FileExt;
         let path = self.dir.join(JOURNAL);
-        let written = self
-            .preallocate(rec.len() as u64)
-            .and_then(|()| self.journal.write_all_at(rec, self.journal_bytes));
-        if let Err(e) = written {
+        self.preallocate(rec.len() as u64);
+        if let Err(e) = self.journal.write_all_at(rec, self.journal_bytes) {
             // Cut off whatever part was written (and the space after it),
             // so that the next record does not follow garbage.
             match self.journal.set_len(self.journal_bytes) {
@@ -761,9 +779,12 @@ impl Store {
         if let Err(e) = self.journal.sync_data() {
             self.poisoned = Some(format!("fsync failed: {e}"));
             let _ = self.journal.set_len(self.journal_bytes);
+            self.journal_allocated = self.journal_bytes;
             return Err(io_err("fsync", &path)(e));
         }
         self.journal_bytes += rec.len() as u64;
+        // Without preallocation the record extended the file.
+        self.journal_allocated = self.journal_allocated.max(self.journal_bytes);
         self.journal_records += 1;
         Ok(())
     }
@@ -829,6 +850,7 @@ impl Store {
         }
         self.journal_bytes = 0;
         self.journal_allocated = 0;
+        self.prealloc_failed = false;
         self.journal_records = 0;
         log::info!(
             "policy store compacted: snapshot of seq {} ({} bytes) in {:.0} ms",
@@ -1115,7 +1137,8 @@ mod tests {
 
     #[test]
     fn the_journal_is_written_into_preallocated_zeros() {
-        for chunk in [0, 4096, 32 << 20] {
+        // 256 and 1000: records start inside the zeros and run past them.
+        for chunk in [0, 256, 1000, 4096, 32 << 20] {
             let opts = StoreOptions {
                 journal_prealloc_bytes: chunk,
                 ..StoreOptions::default()
@@ -1307,9 +1330,12 @@ mod tests {
             .collect()
     }
 
+    /// Small chunks, so that kills land while records extend the
+    /// preallocated space, and compactions do not zero-fill 32 MiB each.
     fn crash_opts() -> StoreOptions {
         StoreOptions {
             compact_after_records: 7,
+            journal_prealloc_bytes: 4096,
             ..StoreOptions::default()
         }
     }

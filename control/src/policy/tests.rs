@@ -897,8 +897,8 @@ proptest! {
 
 /// Re-rating a coupon in place (same subscriber, destination and port)
 /// skips the match-index checks: it passes at the per-subscriber limit,
-/// where moving it elsewhere does not, and a batch that fails after it
-/// puts the old row back.
+/// moving it onto another coupon's match is still refused, and a batch
+/// that fails after it puts the old row back.
 #[test]
 fn a_coupon_re_rated_in_place_passes_the_limit_and_rolls_back() {
     let mut s = PolicyState::new();
