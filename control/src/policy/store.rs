@@ -1330,6 +1330,71 @@ mod tests {
             .collect()
     }
 
+    const FSIZE_CHILD_DIR: &str = "SLUICE_STORE_FSIZE_CHILD_DIR";
+    /// The file-size limit the child runs under, and the chunk it tries
+    /// to preallocate (which cannot fit under it).
+    const FSIZE_LIMIT: u64 = 64 << 10;
+
+    /// The child of `a_failed_preallocation_falls_back_to_appending`: runs
+    /// under `prlimit --fsize`, where zero-filling a chunk fails with
+    /// EFBIG. Does nothing on its own.
+    #[test]
+    #[ignore = "helper process for a_failed_preallocation_falls_back_to_appending"]
+    fn fsize_child() {
+        let Ok(dir) = std::env::var(FSIZE_CHILD_DIR) else {
+            return;
+        };
+        let ignored = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGXFSZ, ignored).unwrap();
+        let opts = StoreOptions {
+            journal_prealloc_bytes: 1 << 20,
+            ..StoreOptions::default()
+        };
+        let (mut store, mut state, _) = Store::open(Path::new(&dir), opts).unwrap();
+        for b in batches() {
+            store.commit(&mut state, &b).unwrap();
+        }
+        let len = fs::metadata(journal(Path::new(&dir))).unwrap().len();
+        assert_eq!(len, store.stats().journal_bytes);
+        assert!(len < FSIZE_LIMIT);
+        assert!(store.prealloc_failed, "the zero-fill was expected to fail");
+        println!("committed {}", state.seq());
+    }
+
+    /// A zero-fill that cannot be written (a full disk, a file-size limit)
+    /// does not refuse the batch: its record is appended, as without
+    /// preallocation, and everything committed loads.
+    #[test]
+    fn a_failed_preallocation_falls_back_to_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("prlimit")
+            .arg(format!("--fsize={FSIZE_LIMIT}"))
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "policy::store::tests::fsize_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(FSIZE_CHILD_DIR, dir.path())
+            .output()
+            .expect("prlimit (util-linux) runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("committed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (_, state, report) = open(dir.path());
+        assert_eq!(report.truncated_bytes, 0);
+        assert_eq!(report.replayed_records as usize, batches().len());
+        assert!(
+            stdout.contains(&format!("committed {}", state.seq())),
+            "{stdout}"
+        );
+    }
+
     /// Small chunks, so that kills land while records extend the
     /// preallocated space, and compactions do not zero-fill 32 MiB each.
     fn crash_opts() -> StoreOptions {
