@@ -816,11 +816,12 @@ impl<D: Copy + Default> FlowTable<D> {
         // prefetching the line the actions are on exactly when needed.
         let (b1, b2, _) = self.buckets_of(self.hash(&fwd));
         let r = h.0 << 1;
+        let flagged = r | if has_remaps(&actions) { REF_REMAPS } else { 0 };
         for b in [b1, b2] {
             if let Some(bucket) = self.buckets.get_mut(b) {
                 for slot in bucket.slot.iter_mut() {
                     if *slot != EMPTY && *slot & !REF_REMAPS == r {
-                        *slot = r | if has_remaps(&actions) { REF_REMAPS } else { 0 };
+                        *slot = flagged;
                     }
                 }
             }

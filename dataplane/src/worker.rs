@@ -65,7 +65,7 @@ pub struct Pipeline {
     pub rules: Arc<StaticRules>,
     pub tables: TablesReader,
     pub flows: FlowTable,
-    /// Bursts since the last idle sweep.
+    /// Bursts and idle passes since the last sweep ([`Pipeline::tick_sweep`]).
     pub since_sweep: u32,
     /// Per-binding meters (rates from the policy).
     pub meters: WorkerMeters,
@@ -121,6 +121,16 @@ const _: () = assert!(GROUP <= 32);
 const EXPIRE_BUDGET: usize = 64;
 
 impl Pipeline {
+    /// Counts a burst or an idle pass; every [`EXPIRE_EVERY`]th sweeps
+    /// [`EXPIRE_BUDGET`] flow-table entries.
+    fn tick_sweep(&mut self, now: u64) {
+        self.since_sweep += 1;
+        if self.since_sweep >= EXPIRE_EVERY {
+            self.since_sweep = 0;
+            self.flows.expire(now, EXPIRE_BUDGET);
+        }
+    }
+
     pub fn new(
         rules: Arc<StaticRules>,
         tables: TablesReader,
@@ -578,11 +588,7 @@ impl Worker {
                                 meta,
                             );
                             metering = true;
-                            pipe.since_sweep += 1;
-                            if pipe.since_sweep >= EXPIRE_EVERY {
-                                pipe.since_sweep = 0;
-                                pipe.flows.expire(now, EXPIRE_BUDGET);
-                            }
+                            pipe.tick_sweep(now);
                             path.publish_flows(&pipe.flows.counters(), pipe.flows.len());
                         }
                     }
@@ -745,11 +751,7 @@ impl Worker {
         // `flow::TIMEOUT_QUANTA`): 64 entries every 256 idle passes.
         if total == 0 {
             if let Some(pipe) = &mut self.pipeline {
-                pipe.since_sweep += 1;
-                if pipe.since_sweep >= EXPIRE_EVERY {
-                    pipe.since_sweep = 0;
-                    pipe.flows.expire(dpdk::rdtsc(), EXPIRE_BUDGET);
-                }
+                pipe.tick_sweep(dpdk::rdtsc());
             }
         }
         total

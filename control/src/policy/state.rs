@@ -338,7 +338,7 @@ enum Undo {
 }
 
 /// What [`PolicyState::apply_one`] did, with the row it displaced.
-enum Applied1 {
+enum Outcome {
     Inserted,
     Replaced(Entry),
     Removed(Entry),
@@ -478,12 +478,12 @@ impl PolicyState {
             match staged.state.apply_one(change) {
                 Ok(a) => {
                     staged.undo.push(match a {
-                        Applied1::Inserted => Undo::Inserted,
-                        Applied1::Replaced(old) => {
+                        Outcome::Inserted => Undo::Inserted,
+                        Outcome::Replaced(old) => {
                             staged.olds.push(old);
                             Undo::Replaced
                         }
-                        Applied1::Removed(old) => {
+                        Outcome::Removed(old) => {
                             staged.olds.push(old);
                             Undo::Removed
                         }
@@ -536,7 +536,7 @@ impl PolicyState {
     }
 
     /// Validate one change against the current state and apply it.
-    fn apply_one(&mut self, change: &Change) -> Result<Applied1, (String, String)> {
+    fn apply_one(&mut self, change: &Change) -> Result<Outcome, (String, String)> {
         match change {
             Change::Add(Entry::Default(_)) | Change::Remove(Key::Default) => {
                 Err(reject("", "the default decision always exists: use update"))
@@ -544,7 +544,7 @@ impl PolicyState {
             Change::Update(Entry::Default(d)) => {
                 check_default(d).map_err(|e| reject(e.field, e.reason))?;
                 let old = std::mem::replace(&mut self.default, *d);
-                Ok(Applied1::Replaced(Entry::Default(old)))
+                Ok(Outcome::Replaced(Entry::Default(old)))
             }
             Change::Add(e) => {
                 if self.has_key_of(e) {
@@ -556,7 +556,7 @@ impl PolicyState {
                 }
                 self.check_entry(e, false)?;
                 self.insert_raw(e.clone());
-                Ok(Applied1::Inserted)
+                Ok(Outcome::Inserted)
             }
             Change::Update(e) => {
                 // A coupon re-rated, the storm's case, keeps its match
@@ -565,9 +565,12 @@ impl PolicyState {
                 // duplicate-match check (which would find this very row)
                 // cannot fail, and their index lookups (cache misses with
                 // a million rows) are skipped.
-                if matches!(e, Entry::Coupon(_)) {
+                // For a coupon that fails it, an in-place swap cannot
+                // succeed later either (its match moves, or it is missing).
+                let coupon = matches!(e, Entry::Coupon(_));
+                if coupon {
                     if let Some(old) = self.replace_in_place(e) {
-                        return Ok(Applied1::Replaced(old));
+                        return Ok(Outcome::Replaced(old));
                     }
                 }
                 if !self.has_key_of(e) {
@@ -575,12 +578,14 @@ impl PolicyState {
                     return Err(reject(key.field(), format!("no {key} to update")));
                 }
                 self.check_entry(e, true)?;
-                if let Some(old) = self.replace_in_place(e) {
-                    return Ok(Applied1::Replaced(old));
+                if !coupon {
+                    if let Some(old) = self.replace_in_place(e) {
+                        return Ok(Outcome::Replaced(old));
+                    }
                 }
                 let old = self.remove_raw(&e.key()).expect("present");
                 self.insert_raw(e.clone());
-                Ok(Applied1::Replaced(old))
+                Ok(Outcome::Replaced(old))
             }
             Change::Remove(key) => {
                 if !self.contains(key) {
@@ -597,7 +602,7 @@ impl PolicyState {
                         ));
                     }
                 }
-                Ok(Applied1::Removed(self.remove_raw(key).expect("present")))
+                Ok(Outcome::Removed(self.remove_raw(key).expect("present")))
             }
         }
     }

@@ -33,8 +33,7 @@
 //! zero-filled ([`StoreOptions::journal_prealloc_bytes`] at a time), not
 //! appended to: each append made the filesystem allocate blocks and update
 //! the inode's size and extents, so its `fsync` wrote metadata too, and on
-//! this machine (a VM whose disk interrupts land on the worker's CPU, and
-//! cannot be moved from it) the worker lost about 4 % of its packets while
+//! this machine (a VM) the worker lost about 4 % of its packets while
 //! a process appended and `fsync`ed 900 KB 60 times a second, against 1 %
 //! writing the same into preallocated space (`sluice-perf updates` with
 //! those writes in place of the storm, one run each). Zero-filled rather

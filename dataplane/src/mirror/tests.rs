@@ -251,6 +251,13 @@ fn apply_batch(policy: &mut Policy, m: &mut Mirror, changes: &[String]) -> bool 
     }
 }
 
+/// An empty policy and its mirror, over a meter table of 8.
+fn metered() -> (Policy, Mirror) {
+    let policy = Policy::in_memory();
+    let m = Mirror::load(small(), MeterTable::new(8), policy.state()).unwrap();
+    (policy, m)
+}
+
 fn apply_line(policy: &mut Policy, m: &mut Mirror, change: &str) -> bool {
     apply_batch(policy, m, &[change.to_string()])
 }
@@ -430,9 +437,7 @@ fn rows_with_a_rate_get_a_meter_of_their_own_released_with_the_row() {
 
 #[test]
 fn a_tier_rate_change_reaches_the_meters_of_its_logins() {
-    let mut policy = Policy::in_memory();
-    let meters = MeterTable::new(8);
-    let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
+    let (mut policy, mut m) = metered();
     let mut reader = m.reader();
     let tier = |op: &str, rate: &str| {
         format!(
@@ -476,9 +481,7 @@ fn a_tier_rate_change_reaches_the_meters_of_its_logins() {
 
 #[test]
 fn a_coupon_change_re_derives_its_subscribers_coupons_and_keeps_the_login_meter() {
-    let mut policy = Policy::in_memory();
-    let meters = MeterTable::new(8);
-    let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
+    let (mut policy, mut m) = metered();
     let sub: IpAddr = "10.0.0.1".parse().unwrap();
     let rate = |c: u64| format!(r#""rate":{{"committed_bps":{c},"peak_bps":{}}}"#, 2 * c);
     assert!(apply_line(
@@ -542,9 +545,7 @@ fn a_rated_coupon_moved_to_another_subscriber_keeps_its_meter() {
     // The new subscriber's address sorts before the old one's, so the
     // mirror takes the meter for the new one before dropping it from the
     // old one's keys: that drop must not free it.
-    let mut policy = Policy::in_memory();
-    let meters = MeterTable::new(8);
-    let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
+    let (mut policy, mut m) = metered();
     assert!(apply_line(
         &mut policy,
         &mut m,
@@ -589,9 +590,7 @@ fn a_rated_coupon_moved_to_another_subscriber_keeps_its_meter() {
 /// is reused from the next batch on.
 #[test]
 fn a_meter_released_in_a_batch_is_reused_only_after_it() {
-    let mut policy = Policy::in_memory();
-    let meters = MeterTable::new(8);
-    let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
+    let (mut policy, mut m) = metered();
     assert!(apply_line(
         &mut policy,
         &mut m,
@@ -617,9 +616,7 @@ fn a_meter_released_in_a_batch_is_reused_only_after_it() {
 
 #[test]
 fn a_coupon_updated_in_place_rewrites_its_one_record() {
-    let mut policy = Policy::in_memory();
-    let meters = MeterTable::new(8);
-    let mut m = Mirror::load(small(), Arc::clone(&meters), policy.state()).unwrap();
+    let (mut policy, mut m) = metered();
     let mut reader = m.reader();
     let coupon = |op: &str, id: &str, dst: &str, level: u8| {
         format!(
