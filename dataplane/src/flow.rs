@@ -5,12 +5,12 @@
 //! `now`, in TSC cycles or nanoseconds, the same unit as the timeouts).
 //!
 //! # Both directions
-//! An entry is stored under two keys: the forward key (the first packet's,
+//! A flow is stored under two keys: the forward key (the first packet's,
 //! before any rewrite) and the reply key (what replies carry once the
 //! forward rewrite is in place; [`FlowKey::reply_key`]). If C sent to S:80
 //! and the flow rewrites that to P:8080, the reply key is
 //! `P:8080 -> C, other direction`, so a reply from the priority endpoint
-//! finds the entry and gets its source rewritten back to S:80
+//! finds the flow and gets its source rewritten back to S:80
 //! ([`Side::Reply`] plus [`FlowHit::reverse`]).
 //!
 //! If another live flow already owns the reply key (two clients' flows would
@@ -18,42 +18,63 @@
 //! counted in `conflicts`: the new flow is then forwarded unrewritten rather
 //! than breaking the existing one.
 //!
-//! # Layout and cost
-//! Entries live in one preallocated array with a free list. The index is an
-//! array of 64-byte buckets of 8 slots (a 32-bit signature and an entry
-//! reference each); a key may sit in either of two buckets, chosen by the
-//! hash ("two choices", inserted into the emptier one). A lookup is one
-//! hash, at most two bucket cache lines and one key compare per signature
-//! match. The index has 4 slots per entry, so with every entry in use its
-//! buckets are half full on average.
+//! # Layout and cost: one cache line per forward hit
+//! The table is one array of 64-byte slots, open addressing with linear
+//! probing: a key lives in the first free slot at or after its home slot
+//! (the hash), at most [`WINDOW`] slots on. A slot is one cache line and
+//! holds a whole key, so a lookup needs no separate index:
+//! - a **forward slot** is the flow: its forward key packed to 42 bytes,
+//!   the state bits, the last sighting and the decision (at most 18 bytes;
+//!   [`FlowDecision`] is exactly that);
+//! - a **reply slot** holds the reply key and the index of its forward
+//!   slot;
+//! - a flow whose replies are rewritten or whose forward actions do more
+//!   than set the DSCP (remaps, MSS clamp) also has a **tail** (two lines,
+//!   in a pool of its own): the reply key as stored, the reverse rewrite,
+//!   the forward actions and the last sighting. Its forward slot then
+//!   holds the tail's index where the last sighting would be.
 //!
-//! An entry is three cache lines. The first holds what a forward hit
-//! needs: the forward key packed to 42 bytes, the last-seen time, the state
-//! bits and the decision (at most 18 bytes; [`FlowDecision`] is exactly
-//! that). The other two hold the reply key, the reverse rewrite and the
-//! forward actions, read by replies and by flows with remaps only. So a
-//! forward hit reads its bucket and one entry line, both prefetched in a
-//! bulk lookup ([`FlowTable::prefetch`], [`FlowTable::prefetch_entry`]).
+//! There are [`SLOTS_PER_FLOW`] slots per flow of capacity: a full table
+//! uses a quarter of them (two keys per flow), so most keys sit in their
+//! home slot and nearly all within the next. The bulk lookup prefetches
+//! the home slot and the next ([`FlowTable::prefetch`]), looks there once
+//! they arrive and prefetches what the key needs next
+//! ([`FlowTable::prefetch_entry`]: the forward slot of a reply, the tail of
+//! a flow that has one, the next two slots of a key not found yet), then
+//! looks up ([`FlowTable::lookup_hashed`]). A forward hit without a tail is
+//! then one round trip to memory per group of keys, where the index of
+//! buckets and entries it replaced took two (`sluice-perf classify`, 4M
+//! flows: 67-69 -> 51-54 cycles; ARCHITECTURE.md). A reply hit reads its slot, then
+//! the forward slot (and a tail if any): two round trips, three for a
+//! rewritten reply. Memory: 512 bytes per flow of capacity for the slots,
+//! 128 for the tails.
+//!
+//! Removing a key leaves a tombstone, which lookups probe past and inserts
+//! reuse; a tombstone followed by an empty slot is emptied at once (no
+//! key's probe can pass an empty slot), so tombstones stay only inside runs
+//! of keys. Nothing moves once placed, so a slot index names a flow for
+//! its life ([`FlowHandle`]).
 //!
 //! The hash is seeded folded multiplies over the key's words (no SipHash:
 //! the bounded window below, not the hash, is the defence against crafted
-//! keys; a per-table random seed makes targeting a bucket harder).
+//! keys; a per-table random seed makes targeting a slot harder).
 //!
 //! # Expiry and eviction
-//! - Idle timeout: an entry unseen for longer than `idle_timeout` is
+//! - Idle timeout: a flow unseen for longer than `idle_timeout` is
 //!   expired when next met (lookup, insert, the [`FlowTable::expire`]
 //!   sweep). Times are kept in 32 bits, in quanta of 1/65 536 to 1/32 768
 //!   of the idle timeout, timeouts rounded up (exact for timeouts below
 //!   65 536 units). After a FIN or RST
 //!   in either direction the shorter `closing_timeout` applies; a new SYN
-//!   on a closing flow starts a new flow (the old entry ends, so the
+//!   on a closing flow starts a new flow (the old one ends, so the
 //!   policy is asked again).
-//! - Table full (no free entry): evict from a sample of 16 entries taken
-//!   round-robin, the first expired one, else the least recently seen.
-//! - Both buckets of a key full: evict within that 16-slot probe window,
-//!   expired first, else the least recently seen.
+//! - Table full (as many flows as the capacity): evict from a sample of 16
+//!   flows taken round-robin, the first expired one, else the least
+//!   recently seen.
+//! - A key's [`WINDOW`] slots all taken: evict among the flows that own
+//!   them, expired first, else the least recently seen.
 //!
-//! Removals of expired entries count as `expirations`, of live ones as
+//! Removals of expired flows count as `expirations`, of live ones as
 //! `evictions`; both are counted, never silent, and nothing ever grows.
 use thiserror::Error;
 
@@ -65,15 +86,15 @@ use crate::tables::Stamp;
 /// The largest capacity [`FlowTable::new`] accepts.
 pub const MAX_CAPACITY: u32 = 1 << 24;
 
-const SLOTS: usize = 8;
-/// A free slot's reference. A used one is `entry index << 1 | side` (0
-/// forward, 1 reply), plus [`REF_REMAPS`].
-const EMPTY: u32 = u32::MAX;
-/// On a forward reference: the flow's forward actions have remaps, on the
-/// entry's second line, which [`FlowTable::prefetch_entry`] then
-/// prefetches too. Indices are below 2^24 ([`MAX_CAPACITY`]), so the bit is
-/// free and a flagged reference is never [`EMPTY`].
-const REF_REMAPS: u32 = 1 << 30;
+/// Slots per flow of capacity (rounded up to a power of two in all). Two
+/// keys per flow: a full table fills a quarter of its slots. At 4 per flow
+/// the keys beyond their home slot and the next cost their group a second
+/// round trip often enough that a bulk hit measured 63-66 cycles instead
+/// of 51-54 (see ARCHITECTURE.md).
+pub const SLOTS_PER_FLOW: usize = 8;
+
+/// How far past its home slot a key may be placed (and is looked for).
+pub const WINDOW: usize = 16;
 
 /// Whether forward `actions` do more than set the DSCP.
 #[inline]
@@ -81,19 +102,14 @@ fn has_remaps(actions: &ActionSet) -> bool {
     actions.dst_port.is_some() || actions.dst_addr.is_some() || actions.mss_clamp.is_some()
 }
 
-/// The entry index of a slot reference.
-#[inline(always)]
-fn ref_index(r: u32) -> usize {
-    ((r & !REF_REMAPS) >> 1) as usize
-}
 const EVICT_SAMPLE: usize = 16;
 
 /// The per-flow payload the table keeps for the policy: what every packet
-/// of the flow needs, in 18 bytes so that it shares the flow's first cache
-/// line with the key (see the module doc). The forward rewrites beyond the
-/// DSCP (port and address remaps, MSS clamp) are kept with the reply state
+/// of the flow needs, in 18 bytes so that it shares the flow's forward
+/// slot with the key (see the module doc). The forward rewrites beyond the
+/// DSCP (port and address remaps, MSS clamp) are kept in the flow's tail
 /// ([`FlowHit::actions`]); [`FlowDecision::remaps`] says whether there are
-/// any, so that a flow without them never reads that line.
+/// any, so that a flow without them never reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C, packed(2))]
 pub struct FlowDecision {
@@ -256,14 +272,16 @@ pub enum Side {
     Reply,
 }
 
-/// Names an entry between a lookup and a [`FlowTable::set_decision`] on the
-/// same packet. Stale after the entry is removed.
+/// Names a flow (its forward slot) between a lookup and a
+/// [`FlowTable::set_decision`] on the same packet. Stale after the flow is
+/// removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowHandle(u32);
 
 /// A successful lookup. The decision is copied out (18 bytes); the reply
-/// state and the forward remaps are borrowed, since only replies and flows
-/// with remaps read them (a second cache line).
+/// state and the forward remaps are borrowed from the flow's tail (static
+/// empty ones for a flow without), since only rewritten replies and flows
+/// with remaps read them.
 #[derive(Debug, Clone, Copy)]
 pub struct FlowHit<'a, D> {
     pub handle: FlowHandle,
@@ -271,20 +289,21 @@ pub struct FlowHit<'a, D> {
     pub decision: D,
     pub reverse: &'a ReverseRewrite,
     /// The forward actions as inserted or last set
-    /// ([`FlowTable::set_actions`]). [`FlowDecision::actions`] reads them
-    /// only when the decision has remaps; set them whenever a decision with
-    /// remaps is set.
+    /// ([`FlowTable::set_actions`]) if they ever did more than set the
+    /// DSCP; else all `None` (the DSCP is the decision's).
+    /// [`FlowDecision::actions`] reads them only when the decision has
+    /// remaps; set them whenever a decision with remaps is set.
     pub actions: &'a ActionSet,
 }
 
-/// Where [`FlowTable::prefetch_entry`] expects a key's flow (an entry
-/// reference), for [`FlowTable::lookup_hashed`].
+/// Where [`FlowTable::prefetch_entry`] found a key (a slot index), for
+/// [`FlowTable::lookup_hashed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hint(u32);
 
 impl Hint {
-    /// No expectation: the lookup walks the buckets.
-    pub const NONE: Hint = Hint(EMPTY);
+    /// No expectation: the lookup probes the key's window.
+    pub const NONE: Hint = Hint(u32::MAX);
 }
 
 /// Counters since construction. The worker copies them into its published
@@ -306,29 +325,27 @@ pub struct FlowCounters {
     pub removals: u64,
 }
 
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Bucket {
-    sig: [u32; SLOTS],
-    /// References ([`EMPTY`], [`REF_REMAPS`]).
-    slot: [u32; SLOTS],
-}
-
-const EMPTY_BUCKET: Bucket = Bucket {
-    sig: [0; SLOTS],
-    slot: [EMPTY; SLOTS],
-};
-
-/// Kind bits of [`Hot::kind`] and [`PackedKey::kind`]: the protocol, then
-/// the key's family and direction, then the entry's state.
+/// Slot kind bits ([`Slot::kind`], [`PackedKey::kind`]): the protocol,
+/// the key's family and direction, then what the slot is. A slot with none
+/// of [`FWD`], [`REPLY`] and [`TOMB`] is empty: never used since the last
+/// key of its run left.
 const KIND_V6: u16 = 1 << 8;
 const KIND_DOWN: u16 = 1 << 9;
 const KIND_KEY: u16 = (1 << 10) - 1;
-const LIVE: u16 = 1 << 10;
-const CLOSING: u16 = 1 << 11;
+/// A flow's forward key: the slot is the flow.
+const FWD: u16 = 1 << 10;
+/// A flow's reply key: [`Slot::link`] is the forward slot.
+const REPLY: u16 = 1 << 11;
+/// Was a key: probes pass it, inserts reuse it.
+const TOMB: u16 = 1 << 12;
+const USED: u16 = FWD | REPLY;
+/// On a forward slot: FIN or RST seen.
+const CLOSING: u16 = 1 << 13;
+/// On a forward slot: the flow has a tail, [`Slot::link`] is its index.
+const TAIL: u16 = 1 << 14;
 
-/// A flow key as the first line stores it: 42 bytes instead of
-/// [`FlowKey`]'s 48, so that the line has room for the decision.
+/// A flow key as a slot stores it: 42 bytes instead of [`FlowKey`]'s 48,
+/// so that the line has room for the decision.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct PackedKey {
     src: u128,
@@ -361,30 +378,46 @@ impl PackedKey {
     }
 }
 
-/// The first cache line of an entry: the forward key, what every hit reads
-/// and writes (expiry, state) and the decision, so that a forward hit
-/// without remaps reads this line and its bucket and nothing else.
+/// One cache line of the table: a key and what a hit on it needs (see the
+/// module doc).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Hot<D> {
+struct Slot<D> {
     src: u128,
     dst: u128,
     ports: u64,
-    /// When last seen, in quanta of the table's clock (`now >> shift`),
-    /// wrapping; see [`FlowTable::age`].
-    last: u32,
-    /// [`PackedKey::kind`] plus [`LIVE`] and [`CLOSING`].
+    /// Forward slot without a tail: when last seen, in quanta of the
+    /// table's clock (`now >> shift`), wrapping ([`age_of`]). Forward slot
+    /// with a tail: the tail's index (the last sighting is there). Reply
+    /// slot: the forward slot's index.
+    link: u32,
+    /// [`PackedKey::kind`] plus what the slot is ([`FWD`], [`REPLY`],
+    /// [`TOMB`]) and a forward slot's [`CLOSING`] and [`TAIL`].
     kind: u16,
+    /// A forward slot's decision; `D::default()` elsewhere.
     decision: D,
 }
 
-impl<D> Hot<D> {
+impl<D> Slot<D> {
+    /// Whether the slot holds a key (forward or reply) and it is `k`.
     #[inline(always)]
-    fn matches(&self, k: &PackedKey) -> bool {
-        self.src == k.src
+    fn holds(&self, k: &PackedKey) -> bool {
+        self.kind & USED != 0
+            && self.src == k.src
             && self.dst == k.dst
             && self.ports == k.ports
             && self.kind & KIND_KEY == k.kind
+    }
+
+    #[inline(always)]
+    fn is(&self, what: u16) -> bool {
+        self.kind & what != 0
+    }
+
+    /// Neither a key nor a tombstone: probes stop here.
+    #[inline(always)]
+    fn empty(&self) -> bool {
+        self.kind & (USED | TOMB) == 0
     }
 
     fn key(&self) -> FlowKey {
@@ -408,51 +441,46 @@ impl<D> Hot<D> {
         }
     }
 
+    /// Stores `key` as a slot of kind `what` (plus state bits).
     #[inline(always)]
-    fn live(&self) -> bool {
-        self.kind & LIVE != 0
-    }
-
-    #[inline(always)]
-    fn closing(&self) -> bool {
-        self.kind & CLOSING != 0
+    fn fill(&mut self, key: &PackedKey, what: u16, link: u32, decision: D) {
+        *self = Slot {
+            src: key.src,
+            dst: key.dst,
+            ports: key.ports,
+            link,
+            kind: key.kind | what,
+            decision,
+        };
     }
 }
 
-/// One flow, in 192 bytes: the [`Hot`] line, then what only replies and
-/// flows with remaps read. A forward hit touches one line of the entry,
-/// prefetched by [`FlowTable::prefetch_entry`]. (Before, the key and the
-/// decision were on two lines and the validity line of the stamp was a
-/// third: `sluice-perf classify`, bulk hit, ~97 cycles.)
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Entry<D> {
-    hot: Hot<D>,
-    tail: Tail,
-}
-
-/// The reply key, the rewrite that undoes the forward one, and the forward
-/// actions.
+/// What only some flows need: the reply key (for removal), the rewrite
+/// that undoes the forward one, the forward actions, and the last sighting
+/// (the forward slot holds the tail's index in its place).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Tail {
     rev: FlowKey,
     reverse: ReverseRewrite,
     actions: ActionSet,
+    last: u32,
 }
 
-impl<D> Entry<D> {
-    /// Whether `side`'s key (0 forward, 1 reply) is `key` (`packed`: the
-    /// same key, packed).
-    #[inline(always)]
-    fn matches(&self, side: u32, key: &FlowKey, packed: &PackedKey) -> bool {
-        if side == 0 {
-            self.hot.matches(packed)
-        } else {
-            self.tail.rev == *key
-        }
-    }
-}
+/// A tail-less flow's reverse rewrite: none.
+static NO_REVERSE: ReverseRewrite = ReverseRewrite {
+    src_port: None,
+    src_addr: None,
+    mss_clamp: None,
+};
+
+/// A tail-less flow's [`FlowHit::actions`]: its DSCP is in the decision.
+static NO_ACTIONS: ActionSet = ActionSet {
+    dscp: None,
+    dst_port: None,
+    dst_addr: None,
+    mss_clamp: None,
+};
 
 const NO_KEY: FlowKey = FlowKey {
     src: 0,
@@ -468,13 +496,13 @@ const NO_KEY: FlowKey = FlowKey {
 /// The idle timeout spans at most 2^16 quanta of the table's clock (a
 /// quantum is the power of two between 1/65 536 and 1/32 768 of it: 2.1 ms
 /// for 120 s in nanoseconds), and timeouts are rounded up to whole quanta.
-/// Ages are kept in 32 bits: an entry unseen for 2^32 quanta (at least
+/// Ages are kept in 32 bits: a flow unseen for 2^32 quanta (at least
 /// 65 536 idle timeouts) would look fresh again, so the worker's sweep
-/// ([`FlowTable::expire`], run on idle polls too) must pass every entry
-/// well within that; it takes seconds to a minute for 4M flows.
+/// ([`FlowTable::expire`], run on idle polls too) must pass every slot
+/// well within that; it takes seconds to minutes for 4M flows.
 const TIMEOUT_QUANTA: u32 = 16;
 
-/// How far behind an entry's last sighting a caller's clock may be and
+/// How far behind a flow's last sighting a caller's clock may be and
 /// still count as "now" rather than as an age near 2^32 quanta.
 const LAG_QUANTA: u32 = 1 << TIMEOUT_QUANTA;
 
@@ -493,12 +521,19 @@ fn age_of(q: u32, last: u32) -> u32 {
 /// A bounded two-sided flow table, generic over a small `Copy` per-flow
 /// decision (default [`FlowDecision`]). See the module doc.
 pub struct FlowTable<D: Copy + Default = FlowDecision> {
-    entries: Box<[Entry<D>]>,
-    /// Free entry indices. Its capacity is the table's, reserved up front;
-    /// an index is pushed only after it was popped, so it never grows.
-    free: Vec<u32>,
-    buckets: Box<[Bucket]>,
+    slots: Box<[Slot<D>]>,
     mask: usize,
+    /// [`WINDOW`], or fewer for a table of fewer slots.
+    window: usize,
+    /// One per flow of capacity, so that a flow needing one always finds
+    /// one.
+    tails: Box<[Tail]>,
+    /// Free tail indices. Its capacity is the table's, reserved up front;
+    /// an index is pushed only after it was popped, so it never grows.
+    free_tails: Vec<u32>,
+    capacity: usize,
+    /// Live flows (forward slots).
+    len: usize,
     /// Per-word hash keys derived from the configured seed.
     keys: [u64; 6],
     /// `now >> shift` is the table's clock (see [`TIMEOUT_QUANTA`]).
@@ -506,9 +541,9 @@ pub struct FlowTable<D: Copy + Default = FlowDecision> {
     /// The timeouts in quanta of that clock.
     idle: u32,
     closing: u32,
-    /// Next entry the full-table eviction samples.
+    /// Next slot the full-table eviction samples from.
     hand: usize,
-    /// Next entry the [`FlowTable::expire`] sweep looks at.
+    /// Next slot the [`FlowTable::expire`] sweep looks at.
     sweep: usize,
     counters: FlowCounters,
 }
@@ -525,44 +560,45 @@ impl<D: Copy + Default> FlowTable<D> {
                 idle: cfg.idle_timeout,
             });
         }
-        let cap = cfg.capacity as usize;
-        // 4 slots per entry (2 keys at 50 % load), at least 2 buckets.
-        let nbuckets = (cap * 4 / SLOTS).next_power_of_two().max(2);
-        Ok(Self::with_buckets(cfg, nbuckets))
+        let nslots = (cfg.capacity as usize * SLOTS_PER_FLOW).next_power_of_two();
+        Ok(Self::with_slots(cfg, nslots))
     }
 
-    /// `cfg` validated; `nbuckets` a power of two, at least 2.
-    fn with_buckets(cfg: FlowTableConfig, nbuckets: usize) -> Self {
+    /// `cfg` validated; `nslots` a power of two, at least 2.
+    fn with_slots(cfg: FlowTableConfig, nslots: usize) -> Self {
         const {
             assert!(
-                std::mem::size_of::<Hot<D>>() == 64,
-                "the decision must fit the entry's first line (18 bytes, alignment <= 2)"
+                std::mem::size_of::<Slot<D>>() == 64,
+                "the decision must fit a slot (18 bytes, alignment <= 2)"
             )
         };
+        const { assert!(std::mem::size_of::<Tail>() == 128) };
         let cap = cfg.capacity as usize;
-        let empty = Entry {
-            hot: Hot {
-                src: 0,
-                dst: 0,
-                ports: 0,
-                last: 0,
-                kind: 0,
-                decision: D::default(),
-            },
-            tail: Tail {
-                rev: NO_KEY,
-                reverse: ReverseRewrite::default(),
-                actions: ActionSet::default(),
-            },
+        let empty = Slot {
+            src: 0,
+            dst: 0,
+            ports: 0,
+            link: 0,
+            kind: 0,
+            decision: D::default(),
+        };
+        let tail = Tail {
+            rev: NO_KEY,
+            reverse: NO_REVERSE,
+            actions: NO_ACTIONS,
+            last: 0,
         };
         let shift = (u64::BITS - cfg.idle_timeout.leading_zeros()).saturating_sub(TIMEOUT_QUANTA);
-        let mut free = Vec::with_capacity(cap);
-        free.extend((0..cfg.capacity).rev());
+        let mut free_tails = Vec::with_capacity(cap);
+        free_tails.extend((0..cfg.capacity).rev());
         FlowTable {
-            entries: crate::dpdk::huge_vec(cap, empty).into_boxed_slice(),
-            free,
-            buckets: crate::dpdk::huge_vec(nbuckets, EMPTY_BUCKET).into_boxed_slice(),
-            mask: nbuckets - 1,
+            slots: crate::dpdk::huge_vec(nslots, empty).into_boxed_slice(),
+            mask: nslots - 1,
+            window: WINDOW.min(nslots),
+            tails: crate::dpdk::huge_vec(cap, tail).into_boxed_slice(),
+            free_tails,
+            capacity: cap,
+            len: 0,
             keys: hash_keys(cfg.seed),
             shift,
             // Rounded up: a flow never expires before its timeout.
@@ -576,16 +612,16 @@ impl<D: Copy + Default> FlowTable<D> {
 
     /// Maximum number of flows.
     pub fn capacity(&self) -> usize {
-        self.entries.len()
+        self.capacity
     }
 
     /// Flows currently stored (expired ones included until met).
     pub fn len(&self) -> usize {
-        self.entries.len() - self.free.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     pub fn counters(&self) -> FlowCounters {
@@ -603,58 +639,68 @@ impl<D: Copy + Default> FlowTable<D> {
         self.lookup_hashed(key, h, Hint::NONE, tcp_flags, now)
     }
 
-    /// First step of a bulk lookup: hashes `key` and prefetches its first
-    /// bucket (where a key sits unless that bucket was full when it was
-    /// inserted); returns the hash for [`FlowTable::prefetch_entry`] and
-    /// [`FlowTable::lookup_hashed`]. Doing this for a whole burst before
-    /// looking any key up overlaps the cache misses (see the module doc).
+    /// First step of a bulk lookup: hashes `key` and prefetches its home
+    /// slot and the next (where nearly every key sits); returns the hash
+    /// for [`FlowTable::prefetch_entry`] and [`FlowTable::lookup_hashed`].
+    /// Doing this for a whole burst before looking any key up overlaps the
+    /// cache misses (see the module doc).
     #[inline]
     pub fn prefetch(&self, key: &FlowKey) -> u64 {
         let h = self.hash(key);
-        let (b1, _, _) = self.buckets_of(h);
-        if let Some(bucket) = self.buckets.get(b1) {
-            crate::dpdk::prefetch(bucket);
+        let home = self.home(h);
+        if let Some(s) = self.slots.get(home) {
+            crate::dpdk::prefetch(s);
+        }
+        if let Some(s) = self.slots.get((home + 1) & self.mask) {
+            crate::dpdk::prefetch(s);
         }
         h
     }
 
-    /// Second step: prefetches the entry lines of the key's signature
-    /// matches in its first bucket (in cache by now), or, with none there,
-    /// the second bucket. Returns the first match, for
-    /// [`FlowTable::lookup_hashed`] to try before walking the buckets again.
+    /// Second step: looks for `key` in the two slots [`FlowTable::prefetch`]
+    /// fetched and prefetches what its lookup reads next: a reply's forward
+    /// slot, a flow's tail, or, when neither slot holds the key and neither
+    /// ends its probe, the next two slots. Returns where the key was found,
+    /// for [`FlowTable::lookup_hashed`] to try first.
     #[inline]
-    pub fn prefetch_entry(&self, h: u64) -> Hint {
-        let (b1, b2, sig) = self.buckets_of(h);
-        let Some(bucket) = self.buckets.get(b1) else {
-            return Hint::NONE;
-        };
-        let mut m = sig_matches(bucket, sig);
-        if m == 0 {
-            if let Some(b) = self.buckets.get(b2) {
-                crate::dpdk::prefetch(b);
+    pub fn prefetch_entry(&self, key: &FlowKey, h: u64) -> Hint {
+        let packed = PackedKey::of(key);
+        let home = self.home(h);
+        let near = self.window.min(2);
+        for d in 0..near {
+            let i = (home + d) & self.mask;
+            let Some(s) = self.slots.get(i) else {
+                return Hint::NONE;
+            };
+            if s.empty() {
+                return Hint::NONE;
             }
-            return Hint::NONE;
-        }
-        let first = Hint(bucket.slot[(m.trailing_zeros() as usize) & (SLOTS - 1)]);
-        while m != 0 {
-            let r = bucket.slot[(m.trailing_zeros() as usize) & (SLOTS - 1)];
-            m &= m - 1;
-            if let Some(e) = self.entries.get(ref_index(r)) {
-                crate::dpdk::prefetch(&e.hot);
-                if r & (1 | REF_REMAPS) != 0 {
-                    crate::dpdk::prefetch_lines(&e.tail);
+            if s.holds(&packed) {
+                if s.is(REPLY) {
+                    if let Some(f) = self.slots.get(s.link as usize) {
+                        crate::dpdk::prefetch(f);
+                    }
+                } else if s.is(TAIL) {
+                    if let Some(t) = self.tails.get(s.link as usize) {
+                        crate::dpdk::prefetch_lines(t);
+                    }
                 }
+                return Hint(i as u32);
             }
         }
-        first
+        for d in near..self.window.min(near + 2) {
+            if let Some(s) = self.slots.get((home + d) & self.mask) {
+                crate::dpdk::prefetch(s);
+            }
+        }
+        Hint::NONE
     }
 
     /// [`FlowTable::lookup`] with the hash from [`FlowTable::prefetch`]
     /// and the hint from [`FlowTable::prefetch_entry`] (or [`Hint::NONE`]).
-    /// The hinted entry is taken if it is live and holds `key` on the
-    /// hinted side: keys are unique in the table, so that is the flow, even
-    /// if the table changed since the hint was taken. Otherwise the buckets
-    /// are walked.
+    /// The hinted slot is taken if it holds `key`: keys are unique in the
+    /// table, so that is the flow, even if the table changed since the
+    /// hint was taken. Otherwise the key's window is probed.
     #[inline(always)]
     pub fn lookup_hashed(
         &mut self,
@@ -664,59 +710,67 @@ impl<D: Copy + Default> FlowTable<D> {
         tcp_flags: u8,
         now: u64,
     ) -> Option<FlowHit<'_, D>> {
+        let packed = PackedKey::of(key);
         let hinted = self
-            .entries
-            .get(ref_index(hint.0))
-            .is_some_and(|e| e.hot.live() && e.matches(hint.0 & 1, key, &PackedKey::of(key)));
+            .slots
+            .get(hint.0 as usize)
+            .is_some_and(|s| s.holds(&packed));
         let found = if hinted {
-            Some(hint.0)
+            Some(hint.0 as usize)
         } else {
-            self.find(key, h)
+            self.find(&packed, h)
         };
-        let Some(r) = found else {
+        let Some((fwd, side)) = found.and_then(|i| self.owner(i)) else {
             self.counters.misses += 1;
             return None;
         };
-        let idx = ref_index(r) as u32;
-        let side = if r & 1 == 0 {
-            Side::Forward
-        } else {
-            Side::Reply
-        };
-        let (closing, expired) = match self.entries.get(idx as usize) {
-            Some(e) => (e.hot.closing(), self.hot_expired(&e.hot, now)),
-            None => return None,
-        };
+        let q = self.clock(now);
+        let f = self.slots.get(fwd)?;
+        let (closing, tail) = (f.is(CLOSING), f.is(TAIL).then_some(f.link as usize));
+        let age = age_of(q, self.last(f));
+        let expired = age > if closing { self.closing } else { self.idle };
         let reopened =
             closing && side == Side::Forward && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if reopened || expired {
-            self.release(idx);
+            self.release(fwd);
             self.counters.expirations += 1;
             self.counters.misses += 1;
             return None;
         }
-        self.counters.hits += 1;
-        let q = self.clock(now);
-        let e = self.entries.get_mut(idx as usize)?;
-        // Never backwards (a caller's clock may lag another's slightly).
-        if age_of(q, e.hot.last) > 0 {
-            e.hot.last = q;
-        }
+        let f = self.slots.get_mut(fwd)?;
         if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            e.hot.kind |= CLOSING;
+            f.kind |= CLOSING;
         }
+        // Never backwards (a caller's clock may lag another's slightly).
+        let tail = match tail {
+            Some(i) => {
+                let t = self.tails.get_mut(i)?;
+                if age > 0 {
+                    t.last = q;
+                }
+                Some(&*t)
+            }
+            None => {
+                if age > 0 {
+                    f.link = q;
+                }
+                None
+            }
+        };
+        self.counters.hits += 1;
         Some(FlowHit {
-            handle: FlowHandle(idx),
+            handle: FlowHandle(fwd as u32),
             side,
-            decision: e.hot.decision,
-            reverse: &e.tail.reverse,
-            actions: &e.tail.actions,
+            decision: f.decision,
+            reverse: tail.map_or(&NO_REVERSE, |t| &t.reverse),
+            actions: tail.map_or(&NO_ACTIONS, |t| &t.actions),
         })
     }
 
     /// Stores a new flow under its forward key `fwd` (the packet's key
     /// before any rewrite) and its reply key `fwd.reply_key(&reverse)`,
-    /// with the forward `actions` it gets ([`FlowHit::actions`]). Makes
+    /// with the forward `actions` it gets ([`FlowHit::actions`]: kept only
+    /// if they do more than set the DSCP, which is the decision's). Makes
     /// room by the counted eviction policy in the module doc; never
     /// allocates. An existing flow with the same forward key is replaced.
     pub fn insert(
@@ -729,102 +783,117 @@ impl<D: Copy + Default> FlowTable<D> {
         now: u64,
     ) -> Result<FlowHandle, InsertError> {
         let rev = fwd.reply_key(&reverse);
+        let (pf, pr) = (PackedKey::of(&fwd), PackedKey::of(&rev));
         let (hf, hr) = (self.hash(&fwd), self.hash(&rev));
-        if let Some(r) = self.find(&fwd, hf) {
-            self.release(ref_index(r) as u32);
+        if let Some((other, _)) = self.find(&pf, hf).and_then(|i| self.owner(i)) {
+            self.release(other);
             self.counters.removals += 1;
         }
-        if let Some(r) = self.find(&rev, hr) {
-            let other = ref_index(r) as u32;
-            if !self.is_expired(other, now) {
+        if let Some((other, _)) = self.find(&pr, hr).and_then(|i| self.owner(i)) {
+            if !self.slots.get(other).is_some_and(|f| self.expired(f, now)) {
                 self.counters.conflicts += 1;
                 return Err(InsertError::ReplyKeyInUse);
             }
             self.release(other);
             self.counters.expirations += 1;
         }
-        if self.free.is_empty() {
+        if self.len >= self.capacity {
             self.evict_sampled(now);
         }
-        let Some(idx) = self.free.pop() else {
+        if self.len >= self.capacity {
             return Err(InsertError::NoRoom);
+        }
+        let fi = match self.free_slot(hf) {
+            Some(i) => i,
+            None => {
+                self.evict_in_window(hf, None, now);
+                self.free_slot(hf).ok_or(InsertError::NoRoom)?
+            }
         };
-        let Some(e) = self.entries.get_mut(idx as usize) else {
-            return Err(InsertError::NoRoom);
-        };
-        let packed = PackedKey::of(&fwd);
+        let q = self.clock(now);
         let closing = if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             CLOSING
         } else {
             0
         };
-        *e = Entry {
-            hot: Hot {
-                src: packed.src,
-                dst: packed.dst,
-                ports: packed.ports,
-                last: (now >> self.shift) as u32,
-                kind: packed.kind | LIVE | closing,
-                decision,
-            },
-            tail: Tail {
-                rev,
-                reverse,
-                actions,
-            },
-        };
-        // The forward reference says whether the flow has remaps, so that a
-        // bulk lookup prefetches the line they are on.
-        let fwd_ref = idx << 1 | if has_remaps(&actions) { REF_REMAPS } else { 0 };
-        for (h, r) in [(hf, fwd_ref), (hr, idx << 1 | 1)] {
-            if !self.place(h, r) {
-                self.evict_in_window(h, idx, now);
-                if !self.place(h, r) {
-                    self.release(idx);
-                    return Err(InsertError::NoRoom);
-                }
+        let (link, tail) = if has_remaps(&actions) || reverse != NO_REVERSE {
+            // At most one tail per live flow, and fewer live flows than
+            // tails here: the pool is never empty.
+            let t = self.free_tails.pop().ok_or(InsertError::NoRoom)?;
+            if let Some(x) = self.tails.get_mut(t as usize) {
+                *x = Tail {
+                    rev,
+                    reverse,
+                    actions,
+                    last: q,
+                };
             }
+            (t, TAIL)
+        } else {
+            (q, 0)
+        };
+        if let Some(s) = self.slots.get_mut(fi) {
+            s.fill(&pf, FWD | closing | tail, link, decision);
+        }
+        self.len += 1;
+        let ri = match self.free_slot(hr) {
+            Some(i) => Some(i),
+            None => {
+                self.evict_in_window(hr, Some(fi), now);
+                self.free_slot(hr)
+            }
+        };
+        let Some(ri) = ri else {
+            // Its reply slot was never placed: the release finds none.
+            self.release(fi);
+            return Err(InsertError::NoRoom);
+        };
+        if let Some(s) = self.slots.get_mut(ri) {
+            s.fill(&pr, REPLY, fi as u32, D::default());
         }
         self.counters.inserts += 1;
-        Ok(FlowHandle(idx))
+        Ok(FlowHandle(fi as u32))
     }
 
     /// Replaces the decision of a live flow (after a re-classification).
     /// Returns false if the handle's flow is gone.
     pub fn set_decision(&mut self, h: FlowHandle, decision: D) -> bool {
-        match self.entries.get_mut(h.0 as usize) {
-            Some(e) if e.hot.live() => {
-                e.hot.decision = decision;
+        match self.slots.get_mut(h.0 as usize) {
+            Some(f) if f.is(FWD) => {
+                f.decision = decision;
                 true
             }
             _ => false,
         }
     }
 
-    /// Replaces the forward actions of a live flow ([`FlowHit::actions`]).
+    /// Replaces the forward actions of a live flow ([`FlowHit::actions`]),
+    /// giving it a tail if they do more than set the DSCP and it had none.
     /// The reply state stays as inserted: remaps are fixed at a flow's
     /// start. Returns false if the handle's flow is gone.
     pub fn set_actions(&mut self, h: FlowHandle, actions: ActionSet) -> bool {
-        let fwd = match self.entries.get_mut(h.0 as usize) {
-            Some(e) if e.hot.live() => {
-                e.tail.actions = actions;
-                e.hot.key()
-            }
-            _ => return false,
+        let Some(f) = self.slots.get_mut(h.0 as usize).filter(|f| f.is(FWD)) else {
+            return false;
         };
-        // The forward reference's flag follows, so that bulk lookups keep
-        // prefetching the line the actions are on exactly when needed.
-        let (b1, b2, _) = self.buckets_of(self.hash(&fwd));
-        let r = h.0 << 1;
-        let flagged = r | if has_remaps(&actions) { REF_REMAPS } else { 0 };
-        for b in [b1, b2] {
-            if let Some(bucket) = self.buckets.get_mut(b) {
-                for slot in bucket.slot.iter_mut() {
-                    if *slot != EMPTY && *slot & !REF_REMAPS == r {
-                        *slot = flagged;
-                    }
-                }
+        if f.is(TAIL) {
+            if let Some(t) = self.tails.get_mut(f.link as usize) {
+                t.actions = actions;
             }
+        } else if has_remaps(&actions) {
+            // The pool has a tail for every flow (see `insert`).
+            let Some(t) = self.free_tails.pop() else {
+                return false;
+            };
+            if let Some(x) = self.tails.get_mut(t as usize) {
+                *x = Tail {
+                    rev: f.key().reply_key(&NO_REVERSE),
+                    reverse: NO_REVERSE,
+                    actions,
+                    last: f.link,
+                };
+            }
+            f.link = t;
+            f.kind |= TAIL;
         }
         true
     }
@@ -832,9 +901,12 @@ impl<D: Copy + Default> FlowTable<D> {
     /// Removes the flow that `key` (either side) belongs to.
     pub fn remove(&mut self, key: &FlowKey) -> bool {
         let h = self.hash(key);
-        match self.find(key, h) {
-            Some(r) => {
-                self.release(ref_index(r) as u32);
+        match self
+            .find(&PackedKey::of(key), h)
+            .and_then(|i| self.owner(i))
+        {
+            Some((fwd, _)) => {
+                self.release(fwd);
                 self.counters.removals += 1;
                 true
             }
@@ -842,17 +914,21 @@ impl<D: Copy + Default> FlowTable<D> {
         }
     }
 
-    /// Looks at up to `budget` entries (round-robin) and removes the expired
-    /// ones; returns how many. Call it once per burst with a small budget
-    /// so that idle flows leave even if never met again.
+    /// Looks at up to `budget` slots (round-robin) and removes the flows
+    /// found expired there; returns how many. Call it now and then with a
+    /// small budget so that idle flows leave even if never met again.
     pub fn expire(&mut self, now: u64, budget: usize) -> usize {
-        let n = self.entries.len();
+        let n = self.slots.len();
         let mut removed = 0;
         for _ in 0..budget.min(n) {
-            let idx = self.sweep as u32;
+            let i = self.sweep;
             self.sweep = (self.sweep + 1) % n;
-            if self.is_live(idx) && self.is_expired(idx, now) {
-                self.release(idx);
+            if self
+                .slots
+                .get(i)
+                .is_some_and(|f| f.is(FWD) && self.expired(f, now))
+            {
+                self.release(i);
                 self.counters.expirations += 1;
                 removed += 1;
             }
@@ -860,16 +936,33 @@ impl<D: Copy + Default> FlowTable<D> {
         removed
     }
 
-    #[inline]
-    fn is_live(&self, idx: u32) -> bool {
-        self.entries.get(idx as usize).is_some_and(|e| e.hot.live())
+    /// Slots in the table (for reports).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
     }
 
-    #[inline]
-    fn is_expired(&self, idx: u32, now: u64) -> bool {
-        self.entries
-            .get(idx as usize)
-            .is_some_and(|e| self.hot_expired(&e.hot, now))
+    /// The forward slot owning slot `i`, and the side `i` is; `None` if
+    /// `i` holds no key.
+    #[inline(always)]
+    fn owner(&self, i: usize) -> Option<(usize, Side)> {
+        let s = self.slots.get(i)?;
+        if s.is(FWD) {
+            Some((i, Side::Forward))
+        } else if s.is(REPLY) {
+            Some((s.link as usize, Side::Reply))
+        } else {
+            None
+        }
+    }
+
+    /// A forward slot's last sighting.
+    #[inline(always)]
+    fn last(&self, f: &Slot<D>) -> u32 {
+        if f.is(TAIL) {
+            self.tails.get(f.link as usize).map_or(0, |t| t.last)
+        } else {
+            f.link
+        }
     }
 
     /// `now` on the table's clock.
@@ -878,16 +971,20 @@ impl<D: Copy + Default> FlowTable<D> {
         (now >> self.shift) as u32
     }
 
-    /// Quanta since the entry was last seen (see [`age_of`]).
+    /// Quanta since the forward slot's flow was last seen (see [`age_of`]).
     #[inline(always)]
-    fn age<X>(&self, h: &Hot<X>, now: u64) -> u32 {
-        age_of(self.clock(now), h.last)
+    fn age(&self, f: &Slot<D>, now: u64) -> u32 {
+        age_of(self.clock(now), self.last(f))
     }
 
     #[inline(always)]
-    fn hot_expired(&self, h: &Hot<D>, now: u64) -> bool {
-        let timeout = if h.closing() { self.closing } else { self.idle };
-        self.age(h, now) > timeout
+    fn expired(&self, f: &Slot<D>, now: u64) -> bool {
+        let timeout = if f.is(CLOSING) {
+            self.closing
+        } else {
+            self.idle
+        };
+        self.age(f, now) > timeout
     }
 
     /// Seeded folded multiplies over the key's six 64-bit words (each
@@ -909,121 +1006,121 @@ impl<D: Copy + Default> FlowTable<D> {
         fold_mul(a ^ b.rotate_left(23), c ^ 0xe703_7ed1_a0b4_28db)
     }
 
-    /// The key's two candidate buckets and its signature.
-    #[inline]
-    fn buckets_of(&self, h: u64) -> (usize, usize, u32) {
-        // Never 0: an empty slot's signature, so a match is always a slot
-        // in use.
-        let sig = (h >> 32) as u32 | 1;
-        let b1 = h as usize & self.mask;
-        let mut b2 =
-            ((h as u32).rotate_left(16) ^ sig.wrapping_mul(0x9e37_79b9)) as usize & self.mask;
-        if b2 == b1 {
-            b2 = (b1 ^ 1) & self.mask;
-        }
-        (b1, b2, sig)
+    /// A key's home slot.
+    #[inline(always)]
+    fn home(&self, h: u64) -> usize {
+        h as usize & self.mask
     }
 
+    /// The slot holding `key`, within its window; the probe stops at an
+    /// empty slot.
     #[inline(always)]
-    fn find(&self, key: &FlowKey, h: u64) -> Option<u32> {
-        let (b1, b2, sig) = self.buckets_of(h);
-        let packed = PackedKey::of(key);
-        for b in [b1, b2] {
-            let bucket = self.buckets.get(b)?;
-            let mut m = sig_matches(bucket, sig);
-            while m != 0 {
-                let r = bucket.slot[(m.trailing_zeros() as usize) & (SLOTS - 1)];
-                m &= m - 1;
-                let hit = self
-                    .entries
-                    .get(ref_index(r))
-                    .is_some_and(|e| e.matches(r & 1, key, &packed));
-                if hit {
-                    return Some(r);
-                }
+    fn find(&self, key: &PackedKey, h: u64) -> Option<usize> {
+        let home = self.home(h);
+        for d in 0..self.window {
+            let i = (home + d) & self.mask;
+            let s = self.slots.get(i)?;
+            if s.empty() {
+                return None;
+            }
+            if s.holds(key) {
+                return Some(i);
             }
         }
         None
     }
 
-    /// Puts a reference in the emptier of the key's buckets.
-    fn place(&mut self, h: u64, r: u32) -> bool {
-        let (b1, b2, sig) = self.buckets_of(h);
-        let empties = |b: usize| {
-            self.buckets
-                .get(b)
-                .map_or(0, |k| k.slot.iter().filter(|&&s| s == EMPTY).count())
-        };
-        // The first bucket unless it is full: most keys then sit in their
-        // first bucket, the only one a bulk lookup prefetches up front.
-        let b = if empties(b1) > 0 { b1 } else { b2 };
-        let Some(bucket) = self.buckets.get_mut(b) else {
-            return false;
-        };
-        for (s, slot) in bucket.sig.iter_mut().zip(bucket.slot.iter_mut()) {
-            if *slot == EMPTY {
-                *s = sig;
-                *slot = r;
-                return true;
-            }
-        }
-        false
+    /// The first empty slot or tombstone in the window of hash `h`.
+    fn free_slot(&self, h: u64) -> Option<usize> {
+        let home = self.home(h);
+        (0..self.window)
+            .map(|d| (home + d) & self.mask)
+            .find(|&i| self.slots.get(i).is_some_and(|s| !s.is(USED)))
     }
 
-    /// Unlinks both keys of a live entry and frees it.
-    fn release(&mut self, idx: u32) {
-        let Some(e) = self.entries.get_mut(idx as usize) else {
+    /// Turns the key in slot `i` into a tombstone, and empties it and the
+    /// tombstones before it if the next slot is empty: no key's probe
+    /// passes an empty slot, so none passes them either.
+    fn vacate(&mut self, i: usize) {
+        let n = self.slots.len();
+        let next_empty = self
+            .slots
+            .get((i + 1) & self.mask)
+            .is_some_and(|s| s.empty());
+        let Some(s) = self.slots.get_mut(i) else {
             return;
         };
-        if !e.hot.live() {
+        s.kind = TOMB;
+        s.decision = D::default();
+        if !next_empty {
             return;
         }
-        e.hot.kind &= !LIVE;
-        let keys = [e.hot.key(), e.tail.rev];
-        for (side, key) in (0u32..).zip(keys.iter()) {
-            let r = idx << 1 | side;
-            let (b1, b2, _) = self.buckets_of(self.hash(key));
-            for b in [b1, b2] {
-                if let Some(bucket) = self.buckets.get_mut(b) {
-                    for (s, slot) in bucket.sig.iter_mut().zip(bucket.slot.iter_mut()) {
-                        if *slot != EMPTY && *slot & !REF_REMAPS == r {
-                            *slot = EMPTY;
-                            *s = 0;
-                        }
-                    }
+        let mut j = i;
+        for _ in 0..n {
+            match self.slots.get_mut(j) {
+                Some(t) if t.is(TOMB) => t.kind = 0,
+                _ => break,
+            }
+            j = (j + n - 1) & self.mask;
+        }
+    }
+
+    /// Removes the flow whose forward slot is `fwd`: both its keys and its
+    /// tail.
+    fn release(&mut self, fwd: usize) {
+        let Some(f) = self.slots.get(fwd).filter(|f| f.is(FWD)) else {
+            return;
+        };
+        let rev = if f.is(TAIL) {
+            let t = f.link;
+            self.free_tails.push(t);
+            self.tails.get(t as usize).map_or(NO_KEY, |t| t.rev)
+        } else {
+            f.key().reply_key(&NO_REVERSE)
+        };
+        self.vacate(fwd);
+        self.len -= 1;
+        let pr = PackedKey::of(&rev);
+        let home = self.home(self.hash(&rev));
+        for d in 0..self.window {
+            let i = (home + d) & self.mask;
+            match self.slots.get(i) {
+                Some(s) if s.is(REPLY) && s.link as usize == fwd && s.holds(&pr) => {
+                    self.vacate(i);
+                    return;
                 }
+                Some(s) if !s.empty() => {}
+                _ => return,
             }
         }
-        // Never grows: `idx` was popped from `free` when it became live.
-        self.free.push(idx);
     }
 
-    /// Of the given live entries, the first expired one, else the least
-    /// recently seen; with whether it had expired.
-    fn pick_victim(&self, candidates: impl Iterator<Item = u32>, now: u64) -> Option<(u32, bool)> {
-        let mut oldest: Option<(u32, u32)> = None;
-        for idx in candidates {
-            let Some(e) = self.entries.get(idx as usize).filter(|e| e.hot.live()) else {
+    /// Of the flows whose forward slots are given, the first expired one,
+    /// else the least recently seen; with whether it had expired.
+    fn pick_victim(
+        &self,
+        candidates: impl Iterator<Item = usize>,
+        now: u64,
+    ) -> Option<(usize, bool)> {
+        let mut oldest: Option<(usize, u32)> = None;
+        for i in candidates {
+            let Some(f) = self.slots.get(i).filter(|f| f.is(FWD)) else {
                 continue;
             };
-            if self.hot_expired(&e.hot, now) {
-                return Some((idx, true));
+            if self.expired(f, now) {
+                return Some((i, true));
             }
-            let age = self.age(&e.hot, now);
-            let older = match oldest {
-                None => true,
-                Some((_, a)) => age > a,
-            };
-            if older {
-                oldest = Some((idx, age));
+            let age = self.age(f, now);
+            if oldest.is_none_or(|(_, a)| age > a) {
+                oldest = Some((i, age));
             }
         }
-        oldest.map(|(idx, _)| (idx, false))
+        oldest.map(|(i, _)| (i, false))
     }
 
-    fn evict(&mut self, victim: Option<(u32, bool)>) {
-        if let Some((idx, expired)) = victim {
-            self.release(idx);
+    fn evict(&mut self, victim: Option<(usize, bool)>) {
+        if let Some((i, expired)) = victim {
+            self.release(i);
             if expired {
                 self.counters.expirations += 1;
             } else {
@@ -1032,28 +1129,38 @@ impl<D: Copy + Default> FlowTable<D> {
         }
     }
 
-    /// Table full: evict from the next [`EVICT_SAMPLE`] entries.
+    /// Table full: evict among the next [`EVICT_SAMPLE`] flows met going
+    /// round the slots.
     fn evict_sampled(&mut self, now: u64) {
-        let n = self.entries.len();
-        let start = self.hand;
-        self.hand = (self.hand + EVICT_SAMPLE) % n;
-        let sample = (0..EVICT_SAMPLE.min(n)).map(|i| ((start + i) % n) as u32);
-        let victim = self.pick_victim(sample, now);
+        let n = self.slots.len();
+        let mut sample = [0usize; EVICT_SAMPLE];
+        let mut taken = 0;
+        for _ in 0..n {
+            let i = self.hand;
+            self.hand = (self.hand + 1) & self.mask;
+            if self.slots.get(i).is_some_and(|s| s.is(FWD)) {
+                if let Some(x) = sample.get_mut(taken) {
+                    *x = i;
+                }
+                taken += 1;
+                if taken == EVICT_SAMPLE {
+                    break;
+                }
+            }
+        }
+        let victim = self.pick_victim(sample.into_iter().take(taken), now);
         self.evict(victim);
     }
 
-    /// A key's two buckets are full: evict one flow referenced from them,
-    /// never `keep` (the flow being inserted).
-    fn evict_in_window(&mut self, h: u64, keep: u32, now: u64) {
-        let (b1, b2, _) = self.buckets_of(h);
-        let refs = |b: usize| self.buckets.get(b).map_or([EMPTY; SLOTS], |k| k.slot);
-        let (r1, r2) = (refs(b1), refs(b2));
-        let window = r1
-            .into_iter()
-            .chain(r2)
-            .filter(|&r| r != EMPTY && ref_index(r) as u32 != keep)
-            .map(|r| ref_index(r) as u32);
-        let victim = self.pick_victim(window, now);
+    /// The window of hash `h` is full: evict one of the flows owning its
+    /// slots, never `keep` (the flow being inserted).
+    fn evict_in_window(&mut self, h: u64, keep: Option<usize>, now: u64) {
+        let home = self.home(h);
+        let owners = (0..self.window)
+            .filter_map(|d| self.owner((home + d) & self.mask))
+            .map(|(f, _)| f)
+            .filter(|&f| Some(f) != keep);
+        let victim = self.pick_victim(owners, now);
         self.evict(victim);
     }
 }
@@ -1071,27 +1178,11 @@ fn hash_keys(seed: u64) -> [u64; 6] {
     })
 }
 
-// `sig_matches` builds a bit mask of a bucket's slots in a u32 and the
-// slot index is taken modulo SLOTS.
-const _: () = assert!(SLOTS.is_power_of_two() && SLOTS <= 32);
-
 /// The low 64 bits of the full product xor its high 64 bits.
 #[inline(always)]
 fn fold_mul(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ ((p >> 64) as u64)
-}
-
-/// Bit i set when slot i of `bucket` carries `sig` (never 0, see
-/// `buckets_of`). Written branch-free so that it compiles to one vector
-/// compare.
-#[inline(always)]
-fn sig_matches(bucket: &Bucket, sig: u32) -> u32 {
-    let mut m = 0u32;
-    for (i, &s) in bucket.sig.iter().enumerate() {
-        m |= u32::from(s == sig) << i;
-    }
-    m
 }
 
 #[cfg(test)]
@@ -1161,24 +1252,24 @@ mod tests {
     }
 
     /// The layout the bulk lookup's prefetches assume: a forward hit reads
-    /// line 0 only, a reply (or a flow with remaps) also lines 1 and 2.
+    /// its slot only (one line), a flow with a tail also the tail's two.
     #[test]
-    fn entry_layout() {
+    fn slot_layout() {
         use std::mem::{offset_of, size_of};
-        type E = super::Entry<super::FlowDecision>;
+        type S = super::Slot<super::FlowDecision>;
         assert_eq!(size_of::<super::FlowDecision>(), 18);
-        assert_eq!(size_of::<super::Hot<super::FlowDecision>>(), 64);
-        assert_eq!(offset_of!(super::Hot<super::FlowDecision>, decision), 46);
-        assert_eq!(size_of::<E>(), 192);
-        assert_eq!(offset_of!(E, tail), 64);
-        assert!(size_of::<super::Tail>() <= 128);
+        assert_eq!(size_of::<S>(), 64);
+        assert_eq!(std::mem::align_of::<S>(), 64);
+        assert_eq!(offset_of!(S, decision), 46);
+        assert_eq!(size_of::<super::Tail>(), 128);
     }
 
     /// The bulk path (prefetch, prefetch_entry's hint, lookup) finds flows
-    /// with and without remaps, and a hint gone stale (its flow removed,
-    /// the entry reused by another) falls back to the bucket walk.
+    /// with and without a tail, from either side, and a hint gone stale
+    /// (its flow removed, the slot reused by another) falls back to the
+    /// probe.
     #[test]
-    fn hinted_lookups_find_the_flow_or_walk_the_buckets() {
+    fn hinted_lookups_find_the_flow_or_probe() {
         let mut t = table(16);
         let port = ActionSet {
             dst_port: Some(8080),
@@ -1186,28 +1277,108 @@ mod tests {
         };
         t.insert(key(1), remap(), port, 1, 0, 0).unwrap();
         add(&mut t, key(2), 2, 0).unwrap();
-        for (k, want, actions) in [(key(1), 1, port), (key(2), 2, ActionSet::default())] {
+        let cases = [
+            (key(1), 1, port, Side::Forward),
+            (key(2), 2, ActionSet::default(), Side::Forward),
+            (key(1).reply_key(&remap()), 1, port, Side::Reply),
+            (
+                key(2).reply_key(&ReverseRewrite::default()),
+                2,
+                ActionSet::default(),
+                Side::Reply,
+            ),
+        ];
+        for (k, want, actions, side) in cases {
             let h = t.prefetch(&k);
-            let hint = t.prefetch_entry(h);
+            let hint = t.prefetch_entry(&k, h);
             assert_ne!(hint, Hint::NONE);
             let hit = t.lookup_hashed(&k, h, hint, 0, 1).unwrap();
             assert_eq!(
                 (hit.side, hit.decision, *hit.actions),
-                (Side::Forward, want, actions)
+                (side, want, actions)
             );
         }
         let h = t.prefetch(&key(1));
-        let stale = t.prefetch_entry(h);
+        let stale = t.prefetch_entry(&key(1), h);
         assert!(t.remove(&key(1)));
+        assert_eq!(t.prefetch_entry(&key(1), h), Hint::NONE);
         assert!(t.lookup_hashed(&key(1), h, stale, 0, 1).is_none());
-        // The freed entry is reused by another flow: the hint names it, but
-        // its key differs.
+        // The freed slot may be reused by another flow: the hint names it,
+        // but its key differs.
         add(&mut t, key(3), 3, 1).unwrap();
         assert!(t.lookup_hashed(&key(1), h, stale, 0, 1).is_none());
         add(&mut t, key(1), 4, 1).unwrap();
         let hit = t.lookup_hashed(&key(1), h, stale, 0, 2).unwrap();
         assert_eq!(hit.decision, 4);
         assert_eq!(t.lookup(&key(3), 0, 2).map(|h| h.decision), Some(3));
+    }
+
+    /// Keys pushed past their home slot and the next (a table of 16 slots,
+    /// all homes alike) are still found, by the bulk path and the plain
+    /// one; removing keys in the middle of the run leaves tombstones the
+    /// probe passes, and emptying the run's end empties them.
+    #[test]
+    fn a_run_of_keys_is_probed_past_tombstones() {
+        let mut t: FlowTable<u32> = FlowTable::with_slots(cfg(8), 16);
+        for n in 0..6 {
+            add(&mut t, key(n), n, 0).unwrap();
+        }
+        assert_eq!(t.len(), 6);
+        for n in 0..6 {
+            let k = key(n);
+            let h = t.prefetch(&k);
+            let hint = t.prefetch_entry(&k, h);
+            let hit = t.lookup_hashed(&k, h, hint, 0, 1).unwrap();
+            assert_eq!(hit.decision, n);
+        }
+        for n in [1, 3] {
+            assert!(t.remove(&key(n)));
+        }
+        let used = t.slots.iter().filter(|s| s.is(USED)).count();
+        assert_eq!(used, 8, "four flows, two keys each");
+        for n in [0, 2, 4, 5] {
+            assert_eq!(t.lookup(&key(n), 0, 2).map(|h| h.decision), Some(n));
+        }
+        for n in [0, 2, 4, 5] {
+            assert!(t.remove(&key(n)));
+        }
+        assert!(t.is_empty());
+        assert!(
+            t.slots.iter().all(|s| s.empty()),
+            "no tombstone is left once every key is gone"
+        );
+    }
+
+    /// A flow inserted without remaps that is given some later gets a tail:
+    /// its remaps are kept, its replies still find it, and its last
+    /// sighting moves with it.
+    #[test]
+    fn actions_with_remaps_give_a_flow_a_tail() {
+        let mut t = table(4);
+        let h = add(&mut t, key(1), 1, 0).unwrap();
+        assert_eq!(
+            *t.lookup(&key(1), 0, 1).unwrap().actions,
+            ActionSet::default()
+        );
+        let clamp = ActionSet {
+            mss_clamp: Some(1200),
+            ..ActionSet::default()
+        };
+        assert!(t.set_actions(h, clamp));
+        assert_eq!(*t.lookup(&key(1), 0, 2).unwrap().actions, clamp);
+        let reply = key(1).reply_key(&ReverseRewrite::default());
+        let hit = t.lookup(&reply, 0, IDLE).unwrap();
+        assert_eq!(
+            (hit.side, *hit.reverse),
+            (Side::Reply, ReverseRewrite::default())
+        );
+        assert!(
+            t.lookup(&key(1), 0, 2 * IDLE).is_some(),
+            "refreshed at IDLE"
+        );
+        assert!(t.remove(&reply));
+        assert_eq!(t.free_tails.len(), 4, "the tail went back to the pool");
+        assert!(!t.set_actions(h, clamp), "stale handle");
     }
 
     #[test]
@@ -1516,9 +1687,12 @@ mod tests {
             )
             .unwrap();
         }
-        let mut removed = 0;
+        // The budget counts slots: one pass is `slots()` of them.
+        assert_eq!(t.slots(), 64 * SLOTS_PER_FLOW);
+        let mut removed = t.expire(IDLE + 1, 0);
+        assert_eq!(removed, 0);
         for _ in 0..8 {
-            removed += t.expire(IDLE + 1, 8);
+            removed += t.expire(IDLE + 1, t.slots() / 8);
         }
         assert_eq!(removed, 10);
         assert_eq!(t.len(), 54);
@@ -1528,7 +1702,7 @@ mod tests {
     #[test]
     fn the_table_never_grows_past_its_capacity() {
         let mut t = table(1000);
-        let (e, b, f) = (t.entries.len(), t.buckets.len(), t.free.capacity());
+        let (e, b, f) = (t.slots.len(), t.tails.len(), t.free_tails.capacity());
         for n in 0..100_000u32 {
             let k = key(n % 5000);
             if t.lookup(&k, 0, u64::from(n)).is_none() {
@@ -1537,7 +1711,7 @@ mod tests {
             assert!(t.len() <= 1000);
         }
         assert_eq!(
-            (t.entries.len(), t.buckets.len(), t.free.capacity()),
+            (t.slots.len(), t.tails.len(), t.free_tails.capacity()),
             (e, b, f)
         );
         let c = t.counters();
@@ -1553,6 +1727,7 @@ mod tests {
         Insert(u16, bool),
         Lookup(u16, bool),
         Remove(u16),
+        Clamp(u16),
         Tick(u16),
         Sweep(u8),
     }
@@ -1562,6 +1737,7 @@ mod tests {
             4 => (0u16..300, any::<bool>()).prop_map(|(n, r)| Op::Insert(n, r)),
             4 => (0u16..300, any::<bool>()).prop_map(|(n, r)| Op::Lookup(n, r)),
             1 => (0u16..300).prop_map(Op::Remove),
+            1 => (0u16..300).prop_map(Op::Clamp),
             1 => (0u16..400).prop_map(Op::Tick),
             1 => any::<u8>().prop_map(Op::Sweep),
         ]
@@ -1570,27 +1746,29 @@ mod tests {
     proptest! {
         /// Against a model with no capacity limit: the table may forget
         /// flows (eviction, expiry) but never returns a wrong one, never
-        /// exceeds its capacity and its counters add up. The index is made
-        /// tiny so that full probe windows are common.
+        /// exceeds its capacity and its counters add up. The table is made
+        /// of few slots so that full probe windows are common.
         #[test]
         fn lookups_are_never_wrong_and_counters_add_up(
             ops in prop::collection::vec(op(), 1..400),
             capacity in 1u32..64,
-            nbuckets_log in 1u32..4,
+            nslots_log in 1u32..7,
         ) {
-            let mut t: FlowTable<u32> = FlowTable::with_buckets(cfg(capacity), 1 << nbuckets_log);
-            let mut model: HashMap<u16, ReverseRewrite> = HashMap::new();
+            let mut t: FlowTable<u32> = FlowTable::with_slots(cfg(capacity), 1 << nslots_log);
+            // Per flow: its reverse rewrite and its forward actions.
+            let mut model: HashMap<u16, (ReverseRewrite, ActionSet)> = HashMap::new();
+            let clamp = ActionSet { mss_clamp: Some(1200), ..ActionSet::default() };
             let mut now = 0u64;
             for op in ops {
                 match op {
                     Op::Insert(n, remapped) => {
                         let rr = if remapped { remap() } else { ReverseRewrite::default() };
                         if t.insert(key(n.into()), rr, ActionSet::default(), n.into(), 0, now).is_ok() {
-                            model.insert(n, rr);
+                            model.insert(n, (rr, ActionSet::default()));
                         }
                     }
                     Op::Lookup(n, reply) => {
-                        let Some(&rr) = model.get(&n) else {
+                        let Some(&(rr, actions)) = model.get(&n) else {
                             prop_assert!(t.lookup(&key(n.into()), 0, now).is_none());
                             continue;
                         };
@@ -1598,12 +1776,21 @@ mod tests {
                         if let Some(hit) = t.lookup(&k, 0, now) {
                             prop_assert_eq!(hit.decision, u32::from(n));
                             prop_assert_eq!(*hit.reverse, rr);
+                            prop_assert_eq!(*hit.actions, actions);
                             prop_assert_eq!(hit.side, if reply { Side::Reply } else { Side::Forward });
                         }
                     }
                     Op::Remove(n) => {
                         t.remove(&key(n.into()));
                         model.remove(&n);
+                    }
+                    Op::Clamp(n) => {
+                        if let Some(h) = t.lookup(&key(n.into()), 0, now).map(|hit| hit.handle) {
+                            prop_assert!(t.set_actions(h, clamp));
+                            if let Some(m) = model.get_mut(&n) {
+                                m.1 = clamp;
+                            }
+                        }
                     }
                     Op::Tick(d) => now += u64::from(d),
                     Op::Sweep(b) => {

@@ -977,11 +977,15 @@ pub fn classify(bench: &mut Bench) -> Result<ScenarioReport> {
             "Targets: flow hit (bulk) <= 60 cycles per packet with 1M + 1M bindings and 4M \
              flows; <= 256 bytes per binding. Each burst of 32 keys (random order over all \
              flows) is timed with the TSC; the histogram holds per-packet averages of bursts. \
-             The bulk variant is the worker's path: hash and prefetch the buckets of a group \
-             of keys (and their subscribers' validity lines while the policy epoch moves), then \
-             prefetch their entries, then look them up and revalidate the policy stamp (one \
-             compare while nothing changed). The 'one binding write per burst' variant writes \
-             another subscriber's binding before each burst (untimed), so every flow's stamp \
+             The bulk variant is the worker's path: hash a group of keys and prefetch their \
+             home slots and the next (and their subscribers' validity lines while the policy \
+             epoch moves), then prefetch what each key needs next (nothing for a forward hit \
+             without a tail), then look them up and revalidate the policy stamp (one compare \
+             while nothing changed: the reader is first refreshed past its warm period, as a \
+             worker's is before each burst). The table's clock does not move during the \
+             measurement, so hits write nothing; on an appliance a hit writes its flow's line \
+             at most once per clock quantum (1/65 536 of the idle timeout). The 'one binding \
+             write per burst' variant writes another subscriber's binding before each burst (untimed), so every flow's stamp \
              needs its validity line read and is restamped: the cost during an update storm. \
              The reference rows read one random cache line per packet from an array \
              the flow table's size: what any table this large pays per lookup, without and \

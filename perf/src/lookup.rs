@@ -7,9 +7,10 @@
 //! - **flow hit, one by one**: `FlowTable::lookup` + `TablesReader::is_current`
 //!   per packet, the way a worker without batching would;
 //! - **flow hit, bulk**: the worker's path: a burst of 32 keys hashed and
-//!   their buckets prefetched (and their subscribers' validity lines, while
-//!   the policy epoch moves), then their entries prefetched, then looked up
-//!   and revalidated ([`FlowTable::prefetch`],
+//!   their home slots prefetched (and their subscribers' validity lines,
+//!   while the policy epoch moves), then what each key needs next
+//!   prefetched (nothing, for a forward hit without a tail), then looked
+//!   up and revalidated ([`FlowTable::prefetch`],
 //!   [`TablesReader::prefetch_stamp`], [`FlowTable::prefetch_entry`],
 //!   [`TablesReader::revalidate`]);
 //! - **flow hit, bulk, one binding write per burst**: the same with another
@@ -33,6 +34,7 @@ use sluice_dataplane::packet::{ActionSet, Dscp, FlowKey, ReverseRewrite, PROTO_T
 use sluice_dataplane::stats::Direction;
 use sluice_dataplane::tables::{
     Binding, Grant, Op, PrefixPolicy, Table, TablesConfig, TablesReader, TablesWriter, Validity,
+    WARM_REFRESHES,
 };
 
 const BURST: usize = 32;
@@ -243,6 +245,14 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
     }
     let n = keys.len();
     let mut results = Vec::new();
+    // A worker refreshes its reader before every burst, so once the
+    // tables have been quiet for WARM_REFRESHES bursts it stops
+    // prefetching validity lines (nothing needs them). The bindings above
+    // moved the epoch: without these refreshes the quiet variants below
+    // would prefetch a validity line per key that the worker would not.
+    for _ in 0..=WARM_REFRESHES {
+        reader.refresh();
+    }
 
     let mut hits = 0u64;
     results.push(timed("flow hit, one by one", bursts, n, |base| {
@@ -254,10 +264,10 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
             }
         }
     }));
-    // The worker's path: a burst's buckets (and, while the tables change,
-    // its subscribers' validity lines) prefetched, then its entries, then
-    // each flow looked up, its stamp checked and, if only the epoch moved,
-    // restamped.
+    // The worker's path: a burst's home slots (and, while the tables
+    // change, its subscribers' validity lines) prefetched, then what each
+    // key needs next, then each flow looked up, its stamp checked and, if
+    // only the epoch moved, restamped.
     let mut restamped = 0u64;
     let mut bulk = |table: &mut FlowTable, reader: &TablesReader, base: usize| {
         let burst = &keys[base..base + BURST];
@@ -266,8 +276,8 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
             *h = table.prefetch(k);
             reader.prefetch_stamp(k);
         }
-        for (h, hint) in hashes.iter_mut() {
-            *hint = table.prefetch_entry(*h);
+        for ((h, hint), k) in hashes.iter_mut().zip(burst) {
+            *hint = table.prefetch_entry(k, *h);
         }
         for ((h, hint), k) in hashes.iter().zip(burst) {
             if let Some((d, handle)) = table
