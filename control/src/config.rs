@@ -357,10 +357,10 @@ impl Protocol {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FlowsConfig {
-    /// Flows per worker. The table takes 512 bytes per flow of capacity
-    /// (8 slots of 64 bytes, rounded up to a power of two) plus 128 per
-    /// flow for tails: 40 MiB at the default 65 536, 10 GiB at the most
-    /// (2^24).
+    /// Flows per worker. Each worker's table takes 256 bytes per flow of
+    /// capacity (4 slots of 64 bytes, rounded up to a power of two) plus
+    /// 128 per flow for tails: 24 MiB at the default 65 536, 6 GiB at the
+    /// most (2^24).
     #[serde(default = "default_flow_capacity")]
     pub capacity: u32,
     /// Idle timeout of an established flow, seconds.

@@ -5,29 +5,33 @@
 //! `now`, in TSC cycles or nanoseconds, the same unit as the timeouts).
 //!
 //! # Both directions
-//! A flow is stored under two keys: the forward key (the first packet's,
+//! A flow is found by two keys: the forward key (the first packet's,
 //! before any rewrite) and the reply key (what replies carry once the
 //! forward rewrite is in place; [`FlowKey::reply_key`]). If C sent to S:80
 //! and the flow rewrites that to P:8080, the reply key is
 //! `P:8080 -> C, other direction`, so a reply from the priority endpoint
 //! finds the flow and gets its source rewritten back to S:80
-//! ([`Side::Reply`] plus [`FlowHit::reverse`]).
+//! ([`Side::Reply`] plus [`FlowHit::reverse`]). Most flows rewrite
+//! nothing, and their reply key is the forward key's mirror image
+//! (endpoints swapped, other direction): the hash is the same for both,
+//! and one slot serves both directions.
 //!
 //! If another live flow already owns the reply key (two clients' flows would
 //! become indistinguishable after the rewrite), the insert is refused and
 //! counted in `conflicts`: the new flow is then forwarded unrewritten rather
 //! than breaking the existing one.
 //!
-//! # Layout and cost: one cache line per forward hit
+//! # Layout and cost: one cache line per hit
 //! The table is one array of 64-byte slots, open addressing with linear
-//! probing: a key lives in the first free slot at or after its home slot
-//! (the hash), at most [`WINDOW`] slots on. A slot is one cache line and
+//! probing: a key lives in the first empty slot at or after its home slot
+//! (the hash), fewer than [`WINDOW`] slots on. A slot is one cache line and
 //! holds a whole key, so a lookup needs no separate index:
 //! - a **forward slot** is the flow: its forward key packed to 42 bytes,
 //!   the state bits, the last sighting and the decision (at most 18 bytes;
-//!   [`FlowDecision`] is exactly that);
-//! - a **reply slot** holds the reply key and the index of its forward
-//!   slot;
+//!   [`FlowDecision`] is exactly that). For a flow whose replies are its
+//!   key's mirror image it is **shared**: a reply matches it mirrored;
+//! - a **reply slot**, for a flow whose replies are rewritten, holds the
+//!   reply key and the index of the forward slot;
 //! - a flow whose replies are rewritten or whose forward actions do more
 //!   than set the DSCP (remaps, MSS clamp) also has a **tail** (two lines,
 //!   in a pool of its own): the reply key as stored, the reverse rewrite,
@@ -35,29 +39,33 @@
 //!   holds the tail's index where the last sighting would be.
 //!
 //! There are [`SLOTS_PER_FLOW`] slots per flow of capacity: a full table
-//! uses a quarter of them (two keys per flow), so most keys sit in their
-//! home slot and nearly all within the next. The bulk lookup prefetches
-//! the home slot and the next ([`FlowTable::prefetch`]), looks there once
-//! they arrive and prefetches what the key needs next
-//! ([`FlowTable::prefetch_entry`]: the forward slot of a reply, the tail of
-//! a flow that has one, the next two slots of a key not found yet), then
-//! looks up ([`FlowTable::lookup_hashed`]). A forward hit without a tail is
-//! then one round trip to memory per group of keys, where the index of
-//! buckets and entries it replaced took two (`sluice-perf classify`, 4M
-//! flows: 67-69 -> 51-54 cycles; ARCHITECTURE.md). A reply hit reads its slot, then
-//! the forward slot (and a tail if any): two round trips, three for a
-//! rewritten reply. Memory: 512 bytes per flow of capacity for the slots,
-//! 128 for the tails.
+//! of flows without rewrites fills a quarter of them (half, if every flow
+//! had a reply slot), so most keys sit in their home slot and nearly all
+//! within the next. The bulk lookup packs and hashes a key once and
+//! prefetches the home slot and the next ([`FlowTable::prefetch`]), looks
+//! there once they arrive and prefetches what the key needs next
+//! ([`FlowTable::prefetch_entry`]: the forward slot of a reply slot, the
+//! tail of a flow that has one, the next two slots of a key not found
+//! yet), then looks up ([`FlowTable::lookup_probed`]). A hit on a flow
+//! without rewrites, either direction, is one line and one round trip to
+//! memory per group of keys, where the index of buckets and 192-byte
+//! entries it replaced took two (`sluice-perf classify`, 4M flows: 67-69
+//! -> 51-58 cycles per bulk forward hit; ARCHITECTURE.md). A rewritten
+//! flow's reply reads its slot, then the forward slot and the tail: three
+//! round trips (two before). Memory: 256 bytes per flow of capacity for
+//! the slots, 128 for the tails.
 //!
-//! Removing a key leaves a tombstone, which lookups probe past and inserts
-//! reuse; a tombstone followed by an empty slot is emptied at once (no
-//! key's probe can pass an empty slot), so tombstones stay only inside runs
-//! of keys. Nothing moves once placed, so a slot index names a flow for
-//! its life ([`FlowHandle`]).
+//! Removing a key shifts the later keys of its run back towards their
+//! homes (backward-shift deletion), so there are no tombstones and the
+//! probe lengths of a table with flows coming and going stay those of a
+//! freshly filled one. A shifted forward slot takes its reply slot's link
+//! along. A slot index therefore names a flow only until the next insert
+//! or removal ([`FlowHandle`]).
 //!
-//! The hash is seeded folded multiplies over the key's words (no SipHash:
-//! the bounded window below, not the hash, is the defence against crafted
-//! keys; a per-table random seed makes targeting a slot harder).
+//! The hash is seeded folded multiplies, each endpoint folded alike and
+//! the two added, so that a key and its mirror image hash alike (no
+//! SipHash: the bounded window, not the hash, is the defence against
+//! crafted keys; a per-table random seed makes targeting a slot harder).
 //!
 //! # Expiry and eviction
 //! - Idle timeout: a flow unseen for longer than `idle_timeout` is
@@ -86,14 +94,16 @@ use crate::tables::Stamp;
 /// The largest capacity [`FlowTable::new`] accepts.
 pub const MAX_CAPACITY: u32 = 1 << 24;
 
-/// Slots per flow of capacity (rounded up to a power of two in all). Two
-/// keys per flow: a full table fills a quarter of its slots. At 4 per flow
-/// the keys beyond their home slot and the next cost their group a second
-/// round trip often enough that a bulk hit measured 63-66 cycles instead
-/// of 51-54 (see ARCHITECTURE.md).
-pub const SLOTS_PER_FLOW: usize = 8;
+/// Slots per flow of capacity (rounded up to a power of two in all). A
+/// full table of flows without rewrites (one slot each) fills a quarter of
+/// its slots. With two slots per flow and no shared slots (the first
+/// version of this table) the same load took 8 per flow, and twice the
+/// memory measured no faster; 16 per flow measured slower (112-118
+/// cycles: a 4 GiB array misses the TLB more), see ARCHITECTURE.md.
+pub const SLOTS_PER_FLOW: usize = 4;
 
-/// How far past its home slot a key may be placed (and is looked for).
+/// A key sits fewer than `WINDOW` slots past its home (and is looked for
+/// no further).
 pub const WINDOW: usize = 16;
 
 /// Whether forward `actions` do more than set the DSCP.
@@ -189,7 +199,7 @@ impl FlowDecision {
     }
 
     /// The forward actions of a flow whose hit is `hit`: the DSCP alone,
-    /// or everything from the reply line when there are remaps.
+    /// or everything from the tail when there are remaps.
     #[inline]
     pub fn actions(&self, hit: &FlowHit<'_, FlowDecision>) -> ActionSet {
         if self.remaps() {
@@ -273,8 +283,8 @@ pub enum Side {
 }
 
 /// Names a flow (its forward slot) between a lookup and a
-/// [`FlowTable::set_decision`] on the same packet. Stale after the flow is
-/// removed.
+/// [`FlowTable::set_decision`] on the same packet: valid until the next
+/// insert or removal, which may shift slots (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowHandle(u32);
 
@@ -289,21 +299,35 @@ pub struct FlowHit<'a, D> {
     pub decision: D,
     pub reverse: &'a ReverseRewrite,
     /// The forward actions as inserted or last set
-    /// ([`FlowTable::set_actions`]) if they ever did more than set the
-    /// DSCP; else all `None` (the DSCP is the decision's).
+    /// ([`FlowTable::set_actions`]) if the flow has a tail (its actions
+    /// ever did more than set the DSCP, or its replies are rewritten);
+    /// else all `None` (the DSCP is the decision's).
     /// [`FlowDecision::actions`] reads them only when the decision has
     /// remaps; set them whenever a decision with remaps is set.
     pub actions: &'a ActionSet,
 }
 
-/// Where [`FlowTable::prefetch_entry`] found a key (a slot index), for
-/// [`FlowTable::lookup_hashed`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hint(u32);
+/// A key on its way through a bulk lookup: packed and hashed once by
+/// [`FlowTable::prefetch`], given the slot it was seen in by
+/// [`FlowTable::prefetch_entry`], looked up by [`FlowTable::lookup_probed`].
+#[derive(Clone, Copy)]
+pub struct Probe {
+    key: PackedKey,
+    h: u64,
+    /// The slot [`FlowTable::prefetch_entry`] found the key in, or
+    /// [`NO_HINT`].
+    hint: u32,
+}
 
-impl Hint {
-    /// No expectation: the lookup probes the key's window.
-    pub const NONE: Hint = Hint(u32::MAX);
+const NO_HINT: u32 = u32::MAX;
+
+impl Probe {
+    /// The key's hash, the same for both directions of a flow whose
+    /// replies are not rewritten: for spreading flows over queues.
+    #[inline]
+    pub fn hash(&self) -> u64 {
+        self.h
+    }
 }
 
 /// Counters since construction. The worker copies them into its published
@@ -325,27 +349,29 @@ pub struct FlowCounters {
     pub removals: u64,
 }
 
-/// Slot kind bits ([`Slot::kind`], [`PackedKey::kind`]): the protocol,
-/// the key's family and direction, then what the slot is. A slot with none
-/// of [`FWD`], [`REPLY`] and [`TOMB`] is empty: never used since the last
-/// key of its run left.
+/// Slot kind bits ([`Slot::kind`], [`PackedKey::kind`]): the key's
+/// protocol, family and direction, then the slot's state and a forward
+/// slot's flags.
 const KIND_V6: u16 = 1 << 8;
 const KIND_DOWN: u16 = 1 << 9;
 const KIND_KEY: u16 = (1 << 10) - 1;
+/// The slot's state, two bits: empty (0), [`FWD`] or [`REPLY`].
+const STATE: u16 = 3 << 10;
 /// A flow's forward key: the slot is the flow.
 const FWD: u16 = 1 << 10;
-/// A flow's reply key: [`Slot::link`] is the forward slot.
-const REPLY: u16 = 1 << 11;
-/// Was a key: probes pass it, inserts reuse it.
-const TOMB: u16 = 1 << 12;
-const USED: u16 = FWD | REPLY;
+/// A flow's separate reply key: [`Slot::link`] is the forward slot.
+const REPLY: u16 = 2 << 10;
 /// On a forward slot: FIN or RST seen.
-const CLOSING: u16 = 1 << 13;
+const CLOSING: u16 = 1 << 12;
 /// On a forward slot: the flow has a tail, [`Slot::link`] is its index.
-const TAIL: u16 = 1 << 14;
+const TAIL: u16 = 1 << 13;
+/// On a forward slot: the flow's replies carry its key's mirror image
+/// ([`PackedKey::mirror`]), so this slot is found by both directions and
+/// there is no reply slot.
+const SHARED: u16 = 1 << 14;
 
-/// A flow key as a slot stores it: 42 bytes instead of [`FlowKey`]'s 48,
-/// so that the line has room for the decision.
+/// A flow key as slots store and compare it: 42 bytes instead of
+/// [`FlowKey`]'s 48, so that a slot has room for the decision.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct PackedKey {
     src: u128,
@@ -376,6 +402,31 @@ impl PackedKey {
                 },
         }
     }
+
+    /// The key with its endpoints swapped, in the other direction: what
+    /// the replies of a flow without rewrites carry.
+    #[inline(always)]
+    fn mirror(&self) -> PackedKey {
+        PackedKey {
+            src: self.dst,
+            dst: self.src,
+            ports: (self.ports & !0xffff_ffff)
+                | (self.ports & 0xffff) << 16
+                | (self.ports >> 16) & 0xffff,
+            kind: self.kind ^ KIND_DOWN,
+        }
+    }
+}
+
+/// Which way round a slot holds a key ([`Slot::holds`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Match {
+    No,
+    /// As stored: a forward slot's forward key, a reply slot's reply key.
+    Same,
+    /// The stored key's mirror image, in a [`SHARED`] forward slot: a
+    /// reply.
+    Mirror,
 }
 
 /// One cache line of the table: a key and what a hit on it needs (see the
@@ -391,35 +442,82 @@ struct Slot<D> {
     /// with a tail: the tail's index (the last sighting is there). Reply
     /// slot: the forward slot's index.
     link: u32,
-    /// [`PackedKey::kind`] plus what the slot is ([`FWD`], [`REPLY`],
-    /// [`TOMB`]) and a forward slot's [`CLOSING`] and [`TAIL`].
+    /// [`PackedKey::kind`], the [`STATE`], and a forward slot's
+    /// [`CLOSING`], [`TAIL`] and [`SHARED`].
     kind: u16,
     /// A forward slot's decision; `D::default()` elsewhere.
     decision: D,
 }
 
 impl<D> Slot<D> {
-    /// Whether the slot holds a key (forward or reply) and it is `k`.
+    /// Whether the slot holds a key (forward or reply) and it is `k`, or
+    /// `k`'s mirror image in a slot [`SHARED`] by both directions.
     #[inline(always)]
-    fn holds(&self, k: &PackedKey) -> bool {
-        self.kind & USED != 0
-            && self.src == k.src
+    fn holds(&self, k: &PackedKey) -> Match {
+        let state = self.kind & STATE;
+        if state != FWD && state != REPLY {
+            return Match::No;
+        }
+        if self.src == k.src
             && self.dst == k.dst
             && self.ports == k.ports
             && self.kind & KIND_KEY == k.kind
+        {
+            return Match::Same;
+        }
+        if self.kind & SHARED != 0 {
+            let m = k.mirror();
+            if self.src == m.src
+                && self.dst == m.dst
+                && self.ports == m.ports
+                && self.kind & KIND_KEY == m.kind
+            {
+                return Match::Mirror;
+            }
+        }
+        Match::No
     }
 
     #[inline(always)]
-    fn is(&self, what: u16) -> bool {
-        self.kind & what != 0
+    fn is_fwd(&self) -> bool {
+        self.kind & STATE == FWD
     }
 
-    /// Neither a key nor a tombstone: probes stop here.
+    #[inline(always)]
+    fn is_reply(&self) -> bool {
+        self.kind & STATE == REPLY
+    }
+
+    /// Holds a key, forward or reply.
+    #[inline(always)]
+    fn used(&self) -> bool {
+        self.kind & STATE != 0
+    }
+
+    #[inline(always)]
+    fn has(&self, flag: u16) -> bool {
+        self.kind & flag != 0
+    }
+
+    /// No key: probes stop here.
     #[inline(always)]
     fn empty(&self) -> bool {
-        self.kind & (USED | TOMB) == 0
+        self.kind & STATE == 0
     }
 
+    /// The key as [`Slot::holds`] compares it.
+    #[inline(always)]
+    fn packed(&self) -> PackedKey {
+        PackedKey {
+            src: self.src,
+            dst: self.dst,
+            ports: self.ports,
+            kind: self.kind & KIND_KEY,
+        }
+    }
+
+    /// The key as stored: a forward slot's forward key, a reply slot's
+    /// reply key.
     fn key(&self) -> FlowKey {
         FlowKey {
             src: self.src,
@@ -441,7 +539,7 @@ impl<D> Slot<D> {
         }
     }
 
-    /// Stores `key` as a slot of kind `what` (plus state bits).
+    /// Stores `key` as a slot of state and flags `what`.
     #[inline(always)]
     fn fill(&mut self, key: &PackedKey, what: u16, link: u32, decision: D) {
         *self = Slot {
@@ -635,18 +733,23 @@ impl<D: Copy + Default> FlowTable<D> {
     /// miss.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, tcp_flags: u8, now: u64) -> Option<FlowHit<'_, D>> {
-        let h = self.hash(key);
-        self.lookup_hashed(key, h, Hint::NONE, tcp_flags, now)
+        let key = PackedKey::of(key);
+        let probe = Probe {
+            key,
+            h: self.hash(&key),
+            hint: NO_HINT,
+        };
+        self.lookup_probed(&probe, tcp_flags, now)
     }
 
-    /// First step of a bulk lookup: hashes `key` and prefetches its home
-    /// slot and the next (where nearly every key sits); returns the hash
-    /// for [`FlowTable::prefetch_entry`] and [`FlowTable::lookup_hashed`].
-    /// Doing this for a whole burst before looking any key up overlaps the
-    /// cache misses (see the module doc).
+    /// First step of a bulk lookup: packs and hashes `key` and prefetches
+    /// its home slot and the next (where nearly every key sits). Doing
+    /// this for a whole burst before looking any key up overlaps the cache
+    /// misses (see the module doc).
     #[inline]
-    pub fn prefetch(&self, key: &FlowKey) -> u64 {
-        let h = self.hash(key);
+    pub fn prefetch(&self, key: &FlowKey) -> Probe {
+        let key = PackedKey::of(key);
+        let h = self.hash(&key);
         let home = self.home(h);
         if let Some(s) = self.slots.get(home) {
             crate::dpdk::prefetch(s);
@@ -654,38 +757,42 @@ impl<D: Copy + Default> FlowTable<D> {
         if let Some(s) = self.slots.get((home + 1) & self.mask) {
             crate::dpdk::prefetch(s);
         }
-        h
+        Probe {
+            key,
+            h,
+            hint: NO_HINT,
+        }
     }
 
     /// Second step: looks for `key` in the two slots [`FlowTable::prefetch`]
     /// fetched and prefetches what its lookup reads next: a reply's forward
     /// slot, a flow's tail, or, when neither slot holds the key and neither
-    /// ends its probe, the next two slots. Returns where the key was found,
-    /// for [`FlowTable::lookup_hashed`] to try first.
+    /// ends its probe, the next two slots. Notes where the key was found,
+    /// for [`FlowTable::lookup_probed`] to try first.
     #[inline]
-    pub fn prefetch_entry(&self, key: &FlowKey, h: u64) -> Hint {
-        let packed = PackedKey::of(key);
-        let home = self.home(h);
+    pub fn prefetch_entry(&self, probe: &mut Probe) {
+        let home = self.home(probe.h);
         let near = self.window.min(2);
         for d in 0..near {
             let i = (home + d) & self.mask;
             let Some(s) = self.slots.get(i) else {
-                return Hint::NONE;
+                return;
             };
             if s.empty() {
-                return Hint::NONE;
+                return;
             }
-            if s.holds(&packed) {
-                if s.is(REPLY) {
+            if s.holds(&probe.key) != Match::No {
+                if s.is_reply() {
                     if let Some(f) = self.slots.get(s.link as usize) {
                         crate::dpdk::prefetch(f);
                     }
-                } else if s.is(TAIL) {
+                } else if s.has(TAIL) {
                     if let Some(t) = self.tails.get(s.link as usize) {
                         crate::dpdk::prefetch_lines(t);
                     }
                 }
-                return Hint(i as u32);
+                probe.hint = i as u32;
+                return;
             }
         }
         for d in near..self.window.min(near + 2) {
@@ -693,40 +800,40 @@ impl<D: Copy + Default> FlowTable<D> {
                 crate::dpdk::prefetch(s);
             }
         }
-        Hint::NONE
     }
 
-    /// [`FlowTable::lookup`] with the hash from [`FlowTable::prefetch`]
-    /// and the hint from [`FlowTable::prefetch_entry`] (or [`Hint::NONE`]).
-    /// The hinted slot is taken if it holds `key`: keys are unique in the
-    /// table, so that is the flow, even if the table changed since the
-    /// hint was taken. Otherwise the key's window is probed.
+    /// [`FlowTable::lookup`] of a key prepared by [`FlowTable::prefetch`]
+    /// (and [`FlowTable::prefetch_entry`]). The slot the key was seen in
+    /// is taken if it still holds the key: keys are unique in the table,
+    /// so that is the flow, even if the table changed since. Otherwise the
+    /// key's window is probed.
     #[inline(always)]
-    pub fn lookup_hashed(
+    pub fn lookup_probed(
         &mut self,
-        key: &FlowKey,
-        h: u64,
-        hint: Hint,
+        probe: &Probe,
         tcp_flags: u8,
         now: u64,
     ) -> Option<FlowHit<'_, D>> {
-        let packed = PackedKey::of(key);
+        let packed = &probe.key;
         let hinted = self
             .slots
-            .get(hint.0 as usize)
-            .is_some_and(|s| s.holds(&packed));
-        let found = if hinted {
-            Some(hint.0 as usize)
+            .get(probe.hint as usize)
+            .map_or(Match::No, |s| s.holds(packed));
+        let found = if hinted != Match::No {
+            Some((probe.hint as usize, hinted))
         } else {
-            self.find(&packed, h)
+            self.find(packed, probe.h)
         };
-        let Some((fwd, side)) = found.and_then(|i| self.owner(i)) else {
+        let Some((fwd, side)) = found.and_then(|(i, m)| self.owner(i, m)) else {
             self.counters.misses += 1;
             return None;
         };
         let q = self.clock(now);
-        let f = self.slots.get(fwd)?;
-        let (closing, tail) = (f.is(CLOSING), f.is(TAIL).then_some(f.link as usize));
+        let Some(f) = self.slots.get(fwd).filter(|f| f.is_fwd()) else {
+            self.counters.misses += 1;
+            return None;
+        };
+        let (closing, tail) = (f.has(CLOSING), f.has(TAIL).then_some(f.link as usize));
         let age = age_of(q, self.last(f));
         let expired = age > if closing { self.closing } else { self.idle };
         let reopened =
@@ -784,12 +891,16 @@ impl<D: Copy + Default> FlowTable<D> {
     ) -> Result<FlowHandle, InsertError> {
         let rev = fwd.reply_key(&reverse);
         let (pf, pr) = (PackedKey::of(&fwd), PackedKey::of(&rev));
-        let (hf, hr) = (self.hash(&fwd), self.hash(&rev));
-        if let Some((other, _)) = self.find(&pf, hf).and_then(|i| self.owner(i)) {
+        // Replies that are the forward key's mirror image find the forward
+        // slot itself. (A key equal to its mirror would need both sides in
+        // one key; `reply_key` flips the direction, so there is none.)
+        let shared = pr == pf.mirror();
+        let (hf, hr) = (self.hash(&pf), self.hash(&pr));
+        if let Some((other, _)) = self.find(&pf, hf).and_then(|(i, m)| self.owner(i, m)) {
             self.release(other);
             self.counters.removals += 1;
         }
-        if let Some((other, _)) = self.find(&pr, hr).and_then(|i| self.owner(i)) {
+        if let Some((other, _)) = self.find(&pr, hr).and_then(|(i, m)| self.owner(i, m)) {
             if !self.slots.get(other).is_some_and(|f| self.expired(f, now)) {
                 self.counters.conflicts += 1;
                 return Err(InsertError::ReplyKeyInUse);
@@ -803,7 +914,7 @@ impl<D: Copy + Default> FlowTable<D> {
         if self.len >= self.capacity {
             return Err(InsertError::NoRoom);
         }
-        let fi = match self.free_slot(hf) {
+        let mut fi = match self.free_slot(hf) {
             Some(i) => i,
             None => {
                 self.evict_in_window(hf, None, now);
@@ -832,14 +943,24 @@ impl<D: Copy + Default> FlowTable<D> {
         } else {
             (q, 0)
         };
+        let shared = if shared { SHARED } else { 0 };
         if let Some(s) = self.slots.get_mut(fi) {
-            s.fill(&pf, FWD | closing | tail, link, decision);
+            s.fill(&pf, FWD | closing | tail | shared, link, decision);
         }
         self.len += 1;
+        if shared != 0 {
+            self.counters.inserts += 1;
+            return Ok(FlowHandle(fi as u32));
+        }
         let ri = match self.free_slot(hr) {
             Some(i) => Some(i),
             None => {
                 self.evict_in_window(hr, Some(fi), now);
+                // The eviction may have shifted the new forward slot back.
+                match self.find(&pf, hf) {
+                    Some((i, _)) => fi = i,
+                    None => return Err(InsertError::NoRoom),
+                }
                 self.free_slot(hr)
             }
         };
@@ -856,10 +977,11 @@ impl<D: Copy + Default> FlowTable<D> {
     }
 
     /// Replaces the decision of a live flow (after a re-classification).
-    /// Returns false if the handle's flow is gone.
+    /// Returns false if the handle names no flow (but a stale handle may
+    /// name another: see [`FlowHandle`]).
     pub fn set_decision(&mut self, h: FlowHandle, decision: D) -> bool {
         match self.slots.get_mut(h.0 as usize) {
-            Some(f) if f.is(FWD) => {
+            Some(f) if f.is_fwd() => {
                 f.decision = decision;
                 true
             }
@@ -870,12 +992,12 @@ impl<D: Copy + Default> FlowTable<D> {
     /// Replaces the forward actions of a live flow ([`FlowHit::actions`]),
     /// giving it a tail if they do more than set the DSCP and it had none.
     /// The reply state stays as inserted: remaps are fixed at a flow's
-    /// start. Returns false if the handle's flow is gone.
+    /// start. Returns false if the handle names no flow.
     pub fn set_actions(&mut self, h: FlowHandle, actions: ActionSet) -> bool {
-        let Some(f) = self.slots.get_mut(h.0 as usize).filter(|f| f.is(FWD)) else {
+        let Some(f) = self.slots.get_mut(h.0 as usize).filter(|f| f.is_fwd()) else {
             return false;
         };
-        if f.is(TAIL) {
+        if f.has(TAIL) {
             if let Some(t) = self.tails.get_mut(f.link as usize) {
                 t.actions = actions;
             }
@@ -900,11 +1022,9 @@ impl<D: Copy + Default> FlowTable<D> {
 
     /// Removes the flow that `key` (either side) belongs to.
     pub fn remove(&mut self, key: &FlowKey) -> bool {
-        let h = self.hash(key);
-        match self
-            .find(&PackedKey::of(key), h)
-            .and_then(|i| self.owner(i))
-        {
+        let packed = PackedKey::of(key);
+        let h = self.hash(&packed);
+        match self.find(&packed, h).and_then(|(i, m)| self.owner(i, m)) {
             Some((fwd, _)) => {
                 self.release(fwd);
                 self.counters.removals += 1;
@@ -926,11 +1046,13 @@ impl<D: Copy + Default> FlowTable<D> {
             if self
                 .slots
                 .get(i)
-                .is_some_and(|f| f.is(FWD) && self.expired(f, now))
+                .is_some_and(|f| f.is_fwd() && self.expired(f, now))
             {
                 self.release(i);
                 self.counters.expirations += 1;
                 removed += 1;
+                // The removal may have shifted a later key into `i`.
+                self.sweep = i;
             }
         }
         removed
@@ -941,14 +1063,19 @@ impl<D: Copy + Default> FlowTable<D> {
         self.slots.len()
     }
 
-    /// The forward slot owning slot `i`, and the side `i` is; `None` if
-    /// `i` holds no key.
+    /// The forward slot owning slot `i`, and the side of a key found
+    /// there as `m`; `None` if `i` holds no key.
     #[inline(always)]
-    fn owner(&self, i: usize) -> Option<(usize, Side)> {
+    fn owner(&self, i: usize, m: Match) -> Option<(usize, Side)> {
         let s = self.slots.get(i)?;
-        if s.is(FWD) {
-            Some((i, Side::Forward))
-        } else if s.is(REPLY) {
+        if s.is_fwd() {
+            let side = if m == Match::Mirror {
+                Side::Reply
+            } else {
+                Side::Forward
+            };
+            Some((i, side))
+        } else if s.is_reply() {
             Some((s.link as usize, Side::Reply))
         } else {
             None
@@ -958,7 +1085,7 @@ impl<D: Copy + Default> FlowTable<D> {
     /// A forward slot's last sighting.
     #[inline(always)]
     fn last(&self, f: &Slot<D>) -> u32 {
-        if f.is(TAIL) {
+        if f.has(TAIL) {
             self.tails.get(f.link as usize).map_or(0, |t| t.last)
         } else {
             f.link
@@ -979,7 +1106,7 @@ impl<D: Copy + Default> FlowTable<D> {
 
     #[inline(always)]
     fn expired(&self, f: &Slot<D>, now: u64) -> bool {
-        let timeout = if f.is(CLOSING) {
+        let timeout = if f.has(CLOSING) {
             self.closing
         } else {
             self.idle
@@ -987,23 +1114,27 @@ impl<D: Copy + Default> FlowTable<D> {
         self.age(f, now) > timeout
     }
 
-    /// Seeded folded multiplies over the key's six 64-bit words (each
-    /// address's halves, the ports and VLANs, the protocol and direction):
-    /// three independent 64x64->128-bit products, then one to combine, so
-    /// the dependency chain is two multiplies long. Both factors of every
-    /// product carry a seed-derived key, so no chosen word zeroes a product
-    /// for all seeds: which keys collide depends on the seed.
+    /// Seeded folded multiplies, the same for a key and its mirror image:
+    /// each endpoint (address halves, port) is folded with the same
+    /// seed-derived keys and the two are added, then combined with the
+    /// VLANs, protocol and family (not the direction). Two independent
+    /// 64x64->128-bit products, then one to combine, so the dependency
+    /// chain is two multiplies long. Both factors of every product carry a
+    /// seed-derived key, so no chosen word zeroes a product for all seeds:
+    /// which keys collide depends on the seed.
     #[inline]
-    fn hash(&self, k: &FlowKey) -> u64 {
+    fn hash(&self, k: &PackedKey) -> u64 {
         let s = &self.keys;
-        let ports =
-            (u64::from(k.src_port) << 48) | (u64::from(k.dst_port) << 32) | u64::from(k.vlan);
-        let kind =
-            u64::from(k.proto) | (u64::from(k.version as u8) << 8) | ((k.direction as u64) << 16);
-        let a = fold_mul(k.src as u64 ^ s[0], (k.src >> 64) as u64 ^ s[1]);
-        let b = fold_mul(k.dst as u64 ^ s[2], (k.dst >> 64) as u64 ^ s[3]);
-        let c = fold_mul(ports ^ s[4], kind ^ s[5]);
-        fold_mul(a ^ b.rotate_left(23), c ^ 0xe703_7ed1_a0b4_28db)
+        let end = |addr: u128, port: u64| {
+            fold_mul(
+                addr as u64 ^ s[0],
+                (addr >> 64) as u64 ^ (port << 48) ^ s[1],
+            )
+        };
+        let a = end(k.src, k.ports & 0xffff);
+        let b = end(k.dst, (k.ports >> 16) & 0xffff);
+        let rest = (k.ports >> 32) | u64::from(k.kind & !KIND_DOWN) << 32;
+        fold_mul(a.wrapping_add(b) ^ s[2], rest ^ s[3])
     }
 
     /// A key's home slot.
@@ -1012,10 +1143,10 @@ impl<D: Copy + Default> FlowTable<D> {
         h as usize & self.mask
     }
 
-    /// The slot holding `key`, within its window; the probe stops at an
-    /// empty slot.
+    /// The slot holding `key` (or its mirror image, shared) within its
+    /// window, and how; the probe stops at an empty slot.
     #[inline(always)]
-    fn find(&self, key: &PackedKey, h: u64) -> Option<usize> {
+    fn find(&self, key: &PackedKey, h: u64) -> Option<(usize, Match)> {
         let home = self.home(h);
         for d in 0..self.window {
             let i = (home + d) & self.mask;
@@ -1023,74 +1154,97 @@ impl<D: Copy + Default> FlowTable<D> {
             if s.empty() {
                 return None;
             }
-            if s.holds(key) {
-                return Some(i);
+            match s.holds(key) {
+                Match::No => {}
+                m => return Some((i, m)),
             }
         }
         None
     }
 
-    /// The first empty slot or tombstone in the window of hash `h`.
+    /// The first empty slot in the window of hash `h`.
     fn free_slot(&self, h: u64) -> Option<usize> {
         let home = self.home(h);
         (0..self.window)
             .map(|d| (home + d) & self.mask)
-            .find(|&i| self.slots.get(i).is_some_and(|s| !s.is(USED)))
+            .find(|&i| self.slots.get(i).is_some_and(|s| !s.used()))
     }
 
-    /// Turns the key in slot `i` into a tombstone, and empties it and the
-    /// tombstones before it if the next slot is empty: no key's probe
-    /// passes an empty slot, so none passes them either.
-    fn vacate(&mut self, i: usize) {
-        let n = self.slots.len();
-        let next_empty = self
-            .slots
-            .get((i + 1) & self.mask)
-            .is_some_and(|s| s.empty());
-        let Some(s) = self.slots.get_mut(i) else {
-            return;
-        };
-        s.kind = TOMB;
-        s.decision = D::default();
-        if !next_empty {
-            return;
-        }
+    /// Empties slot `i` by backward-shift deletion: each later key of the
+    /// run whose home is at or before the hole moves into it, and the hole
+    /// moves on, until an empty slot ends the run. Keys only move towards
+    /// their home, so none ever has an empty slot on its probe and the
+    /// table keeps no tombstones (which would lengthen probes as flows
+    /// come and go). A forward slot that moves has its reply slot's link
+    /// follow it.
+    fn vacate(&mut self, mut i: usize) {
         let mut j = i;
-        for _ in 0..n {
-            match self.slots.get_mut(j) {
-                Some(t) if t.is(TOMB) => t.kind = 0,
-                _ => break,
+        for _ in 0..self.slots.len() {
+            j = (j + 1) & self.mask;
+            let Some(&s) = self.slots.get(j) else {
+                break;
+            };
+            if s.empty() {
+                break;
             }
-            j = (j + n - 1) & self.mask;
+            let home = self.home(self.hash(&s.packed()));
+            if j.wrapping_sub(home) & self.mask >= j.wrapping_sub(i) & self.mask {
+                if let Some(x) = self.slots.get_mut(i) {
+                    *x = s;
+                }
+                if s.is_fwd() && !s.has(SHARED) {
+                    self.relink(&s, i);
+                }
+                i = j;
+            }
+        }
+        if let Some(x) = self.slots.get_mut(i) {
+            x.kind = 0;
+            x.decision = D::default();
         }
     }
 
-    /// Removes the flow whose forward slot is `fwd`: both its keys and its
-    /// tail.
-    fn release(&mut self, fwd: usize) {
-        let Some(f) = self.slots.get(fwd).filter(|f| f.is(FWD)) else {
-            return;
-        };
-        let rev = if f.is(TAIL) {
-            let t = f.link;
-            self.free_tails.push(t);
-            self.tails.get(t as usize).map_or(NO_KEY, |t| t.rev)
+    /// Points the reply slot of the unshared flow `f` (just moved) at its
+    /// new forward slot `to`.
+    fn relink(&mut self, f: &Slot<D>, to: usize) {
+        let pr = PackedKey::of(&self.reply_key(f));
+        if let Some((r, _)) = self.find(&pr, self.hash(&pr)) {
+            if let Some(x) = self.slots.get_mut(r).filter(|x| x.is_reply()) {
+                x.link = to as u32;
+            }
+        }
+    }
+
+    /// The key a forward slot's flow was inserted with as its reply key.
+    fn reply_key(&self, f: &Slot<D>) -> FlowKey {
+        if f.has(TAIL) {
+            self.tails.get(f.link as usize).map_or(NO_KEY, |t| t.rev)
         } else {
             f.key().reply_key(&NO_REVERSE)
+        }
+    }
+
+    /// Removes the flow whose forward slot is `fwd`: its keys and its
+    /// tail.
+    fn release(&mut self, fwd: usize) {
+        let Some(&f) = self.slots.get(fwd).filter(|f| f.is_fwd()) else {
+            return;
         };
+        let rev = self.reply_key(&f);
+        if f.has(TAIL) {
+            self.free_tails.push(f.link);
+        }
         self.vacate(fwd);
         self.len -= 1;
+        if f.has(SHARED) {
+            return;
+        }
+        // By its key alone: keys are unique, and the shift may have moved
+        // another flow into `fwd`, its reply slot following.
         let pr = PackedKey::of(&rev);
-        let home = self.home(self.hash(&rev));
-        for d in 0..self.window {
-            let i = (home + d) & self.mask;
-            match self.slots.get(i) {
-                Some(s) if s.is(REPLY) && s.link as usize == fwd && s.holds(&pr) => {
-                    self.vacate(i);
-                    return;
-                }
-                Some(s) if !s.empty() => {}
-                _ => return,
+        if let Some((r, _)) = self.find(&pr, self.hash(&pr)) {
+            if self.slots.get(r).is_some_and(|x| x.is_reply()) {
+                self.vacate(r);
             }
         }
     }
@@ -1104,7 +1258,7 @@ impl<D: Copy + Default> FlowTable<D> {
     ) -> Option<(usize, bool)> {
         let mut oldest: Option<(usize, u32)> = None;
         for i in candidates {
-            let Some(f) = self.slots.get(i).filter(|f| f.is(FWD)) else {
+            let Some(f) = self.slots.get(i).filter(|f| f.is_fwd()) else {
                 continue;
             };
             if self.expired(f, now) {
@@ -1138,7 +1292,7 @@ impl<D: Copy + Default> FlowTable<D> {
         for _ in 0..n {
             let i = self.hand;
             self.hand = (self.hand + 1) & self.mask;
-            if self.slots.get(i).is_some_and(|s| s.is(FWD)) {
+            if self.slots.get(i).is_some_and(|s| s.is_fwd()) {
                 if let Some(x) = sample.get_mut(taken) {
                     *x = i;
                 }
@@ -1157,7 +1311,7 @@ impl<D: Copy + Default> FlowTable<D> {
     fn evict_in_window(&mut self, h: u64, keep: Option<usize>, now: u64) {
         let home = self.home(h);
         let owners = (0..self.window)
-            .filter_map(|d| self.owner((home + d) & self.mask))
+            .filter_map(|d| self.owner((home + d) & self.mask, Match::Same))
             .map(|(f, _)| f)
             .filter(|&f| Some(f) != keep);
         let victim = self.pick_victim(owners, now);
@@ -1228,6 +1382,68 @@ mod tests {
         FlowTable::new(cfg(capacity)).unwrap()
     }
 
+    /// The table's invariants, all checked: every key is within its window
+    /// with no empty slot before it, and unique; no tombstone is followed
+    /// by an empty slot; every reply slot points at an unshared forward
+    /// slot whose reply key it holds, and every unshared forward slot has
+    /// exactly one; `len` counts the forward slots; tails are neither
+    /// shared nor lost.
+    fn check<D: Copy + Default>(t: &FlowTable<D>) {
+        let n = t.slots.len();
+        let mut replies = vec![0u32; n];
+        let mut tails = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for (i, s) in t.slots.iter().enumerate() {
+            if !s.used() {
+                continue;
+            }
+            let key = PackedKey::of(&s.key());
+            assert!(
+                keys.insert((key.src, key.dst, key.ports, key.kind)),
+                "key twice"
+            );
+            let home = t.home(t.hash(&key));
+            let d = i.wrapping_sub(home) & t.mask;
+            assert!(d < t.window, "slot {i} is {d} past its home");
+            for j in 0..d {
+                assert!(
+                    !t.slots[(home + j) & t.mask].empty(),
+                    "empty slot before {i}"
+                );
+            }
+            if s.is_reply() {
+                let f = &t.slots[s.link as usize];
+                assert!(
+                    f.is_fwd() && !f.has(SHARED),
+                    "reply {i} points at no unshared flow"
+                );
+                let rev = if f.has(TAIL) {
+                    t.tails[f.link as usize].rev
+                } else {
+                    f.key().reply_key(&NO_REVERSE)
+                };
+                assert!(PackedKey::of(&rev) == key, "reply {i} holds another key");
+                replies[s.link as usize] += 1;
+            } else if s.has(TAIL) {
+                assert!(tails.insert(s.link), "tail {} twice", s.link);
+            }
+        }
+        let mut flows = 0;
+        for (i, s) in t.slots.iter().enumerate() {
+            if s.is_fwd() {
+                flows += 1;
+                let want = if s.has(SHARED) { 0 } else { 1 };
+                assert_eq!(replies[i], want, "reply slots of flow {i}");
+            }
+        }
+        assert_eq!(flows, t.len);
+        assert_eq!(tails.len() + t.free_tails.len(), t.capacity);
+        assert!(
+            t.free_tails.iter().all(|f| !tails.contains(f)),
+            "a tail in use is free"
+        );
+    }
+
     /// Client 10.0.(n>>8).(n&255):n -> 192.0.2.80:80, upstream.
     fn key(n: u32) -> FlowKey {
         FlowKey::new(
@@ -1289,36 +1505,38 @@ mod tests {
             ),
         ];
         for (k, want, actions, side) in cases {
-            let h = t.prefetch(&k);
-            let hint = t.prefetch_entry(&k, h);
-            assert_ne!(hint, Hint::NONE);
-            let hit = t.lookup_hashed(&k, h, hint, 0, 1).unwrap();
+            let mut p = t.prefetch(&k);
+            t.prefetch_entry(&mut p);
+            assert_ne!(p.hint, NO_HINT);
+            let hit = t.lookup_probed(&p, 0, 1).unwrap();
             assert_eq!(
                 (hit.side, hit.decision, *hit.actions),
                 (side, want, actions)
             );
         }
-        let h = t.prefetch(&key(1));
-        let stale = t.prefetch_entry(&key(1), h);
+        let mut stale = t.prefetch(&key(1));
+        t.prefetch_entry(&mut stale);
         assert!(t.remove(&key(1)));
-        assert_eq!(t.prefetch_entry(&key(1), h), Hint::NONE);
-        assert!(t.lookup_hashed(&key(1), h, stale, 0, 1).is_none());
+        let mut p = t.prefetch(&key(1));
+        t.prefetch_entry(&mut p);
+        assert_eq!(p.hint, NO_HINT);
+        assert!(t.lookup_probed(&stale, 0, 1).is_none());
         // The freed slot may be reused by another flow: the hint names it,
         // but its key differs.
         add(&mut t, key(3), 3, 1).unwrap();
-        assert!(t.lookup_hashed(&key(1), h, stale, 0, 1).is_none());
+        assert!(t.lookup_probed(&stale, 0, 1).is_none());
         add(&mut t, key(1), 4, 1).unwrap();
-        let hit = t.lookup_hashed(&key(1), h, stale, 0, 2).unwrap();
+        let hit = t.lookup_probed(&stale, 0, 2).unwrap();
         assert_eq!(hit.decision, 4);
         assert_eq!(t.lookup(&key(3), 0, 2).map(|h| h.decision), Some(3));
     }
 
     /// Keys pushed past their home slot and the next (a table of 16 slots,
-    /// all homes alike) are still found, by the bulk path and the plain
-    /// one; removing keys in the middle of the run leaves tombstones the
-    /// probe passes, and emptying the run's end empties them.
+    /// all homes close) are still found, by the bulk path and the plain
+    /// one; removing keys in the middle of the run shifts the rest back,
+    /// and once every key is gone every slot is empty.
     #[test]
-    fn a_run_of_keys_is_probed_past_tombstones() {
+    fn removing_keys_shifts_their_run_back() {
         let mut t: FlowTable<u32> = FlowTable::with_slots(cfg(8), 16);
         for n in 0..6 {
             add(&mut t, key(n), n, 0).unwrap();
@@ -1326,16 +1544,17 @@ mod tests {
         assert_eq!(t.len(), 6);
         for n in 0..6 {
             let k = key(n);
-            let h = t.prefetch(&k);
-            let hint = t.prefetch_entry(&k, h);
-            let hit = t.lookup_hashed(&k, h, hint, 0, 1).unwrap();
+            let mut p = t.prefetch(&k);
+            t.prefetch_entry(&mut p);
+            let hit = t.lookup_probed(&p, 0, 1).unwrap();
             assert_eq!(hit.decision, n);
         }
         for n in [1, 3] {
             assert!(t.remove(&key(n)));
+            check(&t);
         }
-        let used = t.slots.iter().filter(|s| s.is(USED)).count();
-        assert_eq!(used, 8, "four flows, two keys each");
+        let used = t.slots.iter().filter(|s| s.used()).count();
+        assert_eq!(used, 4, "four flows, one shared slot each");
         for n in [0, 2, 4, 5] {
             assert_eq!(t.lookup(&key(n), 0, 2).map(|h| h.decision), Some(n));
         }
@@ -1345,8 +1564,46 @@ mod tests {
         assert!(t.is_empty());
         assert!(
             t.slots.iter().all(|s| s.empty()),
-            "no tombstone is left once every key is gone"
+            "no slot is left behind once every key is gone"
         );
+    }
+
+    /// A flow whose replies are not rewritten takes one slot, found by both
+    /// directions; its replies are `Side::Reply` on the same handle. A
+    /// rewritten flow's pre-rewrite mirror is not the flow, and a new flow
+    /// whose key is a shared flow's mirror image replaces it.
+    #[test]
+    fn a_flow_without_rewrites_shares_one_slot_between_directions() {
+        let mut t = table(16);
+        let h = add(&mut t, key(1), 1, 0).unwrap();
+        assert_eq!(t.slots.iter().filter(|s| s.used()).count(), 1);
+        let mirror = key(1).reply_key(&ReverseRewrite::default());
+        let hit = t.lookup(&mirror, 0, 1).unwrap();
+        assert_eq!((hit.side, hit.handle, hit.decision), (Side::Reply, h, 1));
+        // The same endpoints in the same order but the other direction are
+        // another flow.
+        let mut other = key(1);
+        other.direction = Direction::Downstream;
+        assert!(t.lookup(&other, 0, 1).is_none());
+        t.insert(key(2), remap(), ActionSet::default(), 2, 0, 0)
+            .unwrap();
+        assert_eq!(t.slots.iter().filter(|s| s.used()).count(), 3);
+        assert!(t
+            .lookup(&key(2).reply_key(&ReverseRewrite::default()), 0, 1)
+            .is_none());
+        check(&t);
+        // The mirror image as a new flow's forward key: the old flow goes.
+        add(&mut t, mirror, 3, 2).unwrap();
+        assert_eq!(
+            t.lookup(&mirror, 0, 2).map(|h| (h.side, h.decision)),
+            Some((Side::Forward, 3))
+        );
+        assert_eq!(
+            t.lookup(&key(1), 0, 2).map(|h| (h.side, h.decision)),
+            Some((Side::Reply, 3))
+        );
+        assert_eq!((t.len(), t.counters().removals), (2, 1));
+        check(&t);
     }
 
     /// A flow inserted without remaps that is given some later gets a tail:
@@ -1798,6 +2055,7 @@ mod tests {
                     }
                 }
                 prop_assert!(t.len() <= t.capacity());
+                check(&t);
                 let c = t.counters();
                 prop_assert_eq!(c.inserts - c.evictions - c.expirations - c.removals, t.len() as u64);
             }

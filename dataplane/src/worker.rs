@@ -42,7 +42,7 @@ use std::sync::Arc;
 use crate::classify::StaticRules;
 use crate::dpdk::{self, Burst, Mbuf, Mempool, RxQueue, TxQueue, MAX_BURST};
 use crate::flow::NO_METER;
-use crate::flow::{FlowDecision, FlowTable, Hint, Side};
+use crate::flow::{FlowDecision, FlowTable, Probe, Side};
 use crate::packet::{self, ActionSet, ApplyReport, FlowKey, Fragment, Parsed, ReverseRewrite};
 use crate::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
 use crate::punt::{PuntAction, PuntRings, PuntRules, Punted, PUNT_CONSUME};
@@ -101,7 +101,7 @@ pub enum Mode {
 }
 
 /// The idle sweep runs once every `EXPIRE_EVERY` bursts over
-/// `EXPIRE_BUDGET` consecutive flow-table slots (8 per flow of capacity,
+/// `EXPIRE_BUDGET` consecutive flow-table slots (4 per flow of capacity,
 /// mostly empty; consecutive, so the hardware prefetcher streams them). It
 /// is housekeeping only: a lookup or insert that meets an expired flow
 /// treats it as gone, and a full table evicts expired flows first. Run per
@@ -110,21 +110,22 @@ pub enum Mode {
 const EXPIRE_EVERY: u32 = 256;
 
 /// Frames handled together by [`Pipeline::process_burst`]: enough misses
-/// in flight to hide the memory latency (each group pays one bucket-then-
-/// entry round trip: with the `classify` benchmark's burst, `BURST` in
-/// perf/src/lookup.rs, set to 16 a flow hit at 4M flows cost 123 cycles
-/// against 84-93 at 32), few enough that the lines prefetched per frame
-/// (bucket and entry line; the validity line while the policy changes; the
-/// entry's other two lines for replies and flows with remaps; 4-10 KiB a
-/// group) are still in L1.
+/// in flight to hide the memory latency (each group pays at least one
+/// round trip to the flow table: with the `classify` benchmark's burst,
+/// `BURST` in perf/src/lookup.rs, set to 16 a flow hit at 4M flows cost
+/// 123 cycles against 84-93 at 32, measured on the table before the
+/// current one), few enough that the lines prefetched per frame (the home
+/// slot and the next; the validity line while the policy changes; a
+/// forward slot and a two-line tail for rewritten flows; 4-8 KiB a group)
+/// are still in L1.
 const GROUP: usize = 32;
 // A group's consumed frames are a bit mask in a u32.
 const _: () = assert!(GROUP <= 32);
-const EXPIRE_BUDGET: usize = 512;
+const EXPIRE_BUDGET: usize = 256;
 
 impl Pipeline {
     /// Counts a burst or an idle pass; every [`EXPIRE_EVERY`]th sweeps
-    /// [`EXPIRE_BUDGET`] flow-table entries.
+    /// [`EXPIRE_BUDGET`] flow-table slots.
     fn tick_sweep(&mut self, now: u64) {
         self.since_sweep += 1;
         if self.since_sweep >= EXPIRE_EVERY {
@@ -293,8 +294,9 @@ impl Pipeline {
 
     /// Handles a burst travelling in `dir` through the flow table, `now`
     /// being the burst's TSC, in groups of [`GROUP`] frames: every frame of
-    /// a group is parsed and its flow's buckets prefetched, then the
-    /// entries those buckets point at are prefetched, then each frame is
+    /// a group is parsed and its flow key packed, hashed and its home slots
+    /// prefetched ([`FlowTable::prefetch`]), then what each key needs next
+    /// is prefetched ([`FlowTable::prefetch_entry`]), then each frame is
     /// handled. The table's cache misses (a few million flows do not fit
     /// in any cache) then overlap instead of following one another.
     /// Counts each packet at its level.
@@ -311,7 +313,7 @@ impl Pipeline {
         // Per-level packets and bytes of this burst, published once.
         let mut per_level = [(0u64, 0u64); crate::stats::LEVELS];
         for (gi, group) in bufs.chunks_mut(GROUP).enumerate() {
-            let mut pre: [Option<(Parsed, FlowKey, u64, Hint)>; GROUP] = [None; GROUP];
+            let mut pre: [Option<(Parsed, FlowKey, Probe)>; GROUP] = [None; GROUP];
             // Frames the control thread takes (bit i: frame i of the group).
             let mut consumed = 0u32;
             for (i, (m, slot)) in group.iter_mut().zip(pre.iter_mut()).enumerate() {
@@ -322,15 +324,15 @@ impl Pipeline {
                             continue;
                         }
                         if let Some(k) = p.flow_key(m.data(), dir) {
-                            *slot = Some((p, k, self.flows.prefetch(&k), Hint::NONE));
+                            *slot = Some((p, k, self.flows.prefetch(&k)));
                             self.tables.prefetch_stamp(&k);
                         }
                     }
                     Err(e) => c.parse_error(e),
                 }
             }
-            for (_, k, h, hint) in pre.iter_mut().flatten() {
-                *hint = self.flows.prefetch_entry(k, *h);
+            for (_, _, probe) in pre.iter_mut().flatten() {
+                self.flows.prefetch_entry(probe);
             }
             for (i, (m, slot)) in group.iter_mut().zip(pre.iter()).enumerate() {
                 if consumed & (1 << i) != 0 {
@@ -341,9 +343,9 @@ impl Pipeline {
                 }
                 let len = u64::from(m.pkt_len());
                 let (level, hash) = match slot {
-                    Some((p, k, h, hint)) => (
-                        self.process_parsed(m.data_mut(), p, k, (*h, *hint), now, c),
-                        (*h >> 16) as u32,
+                    Some((p, k, probe)) => (
+                        self.process_parsed(m.data_mut(), p, k, probe, now, c),
+                        (probe.hash() >> 16) as u32,
                     ),
                     None => (self.default_level(), 0),
                 };
@@ -371,12 +373,12 @@ impl Pipeline {
         frame: &mut [u8],
         p: &Parsed,
         key: &FlowKey,
-        (h, hint): (u64, Hint),
+        probe: &Probe,
         now: u64,
         c: &PathCounters,
     ) -> u8 {
         let flags = p.tcp_flags();
-        let (report, level) = match self.flows.lookup_hashed(key, h, hint, flags, now) {
+        let (report, level) = match self.flows.lookup_probed(probe, flags, now) {
             Some(hit) if hit.side == Side::Forward => {
                 let mut d = hit.decision;
                 let mut actions = d.actions(&hit);
@@ -750,7 +752,7 @@ impl Worker {
         }
         // An idle pass sweeps too, so that every entry is looked at well
         // within the flow table's clock range whatever the traffic (see
-        // `flow::TIMEOUT_QUANTA`): 512 slots every 256 idle passes.
+        // `flow::TIMEOUT_QUANTA`): 256 slots every 256 idle passes.
         if total == 0 {
             if let Some(pipe) = &mut self.pipeline {
                 pipe.tick_sweep(dpdk::rdtsc());

@@ -29,7 +29,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use sluice_dataplane::dpdk::{prefetch, rdtsc};
-use sluice_dataplane::flow::{FlowDecision, FlowTable, FlowTableConfig, Hint};
+use sluice_dataplane::flow::{FlowDecision, FlowTable, FlowTableConfig, Probe};
 use sluice_dataplane::packet::{ActionSet, Dscp, FlowKey, ReverseRewrite, PROTO_TCP};
 use sluice_dataplane::stats::Direction;
 use sluice_dataplane::tables::{
@@ -271,17 +271,17 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
     let mut restamped = 0u64;
     let mut bulk = |table: &mut FlowTable, reader: &TablesReader, base: usize| {
         let burst = &keys[base..base + BURST];
-        let mut hashes = [(0u64, Hint::NONE); BURST];
-        for ((h, _), k) in hashes.iter_mut().zip(burst) {
-            *h = table.prefetch(k);
+        let mut probes: [Probe; BURST] = std::array::from_fn(|i| {
+            let k = &burst[i];
             reader.prefetch_stamp(k);
+            table.prefetch(k)
+        });
+        for p in probes.iter_mut() {
+            table.prefetch_entry(p);
         }
-        for ((h, hint), k) in hashes.iter_mut().zip(burst) {
-            *hint = table.prefetch_entry(k, *h);
-        }
-        for ((h, hint), k) in hashes.iter().zip(burst) {
+        for p in &probes {
             if let Some((d, handle)) = table
-                .lookup_hashed(k, *h, *hint, 0, 2)
+                .lookup_probed(p, 0, 2)
                 .map(|hit| (hit.decision, hit.handle))
             {
                 match reader.revalidate(d.stamp()) {
