@@ -260,14 +260,18 @@ pub enum FlowTableError {
     Timeouts { closing: u64, idle: u64 },
 }
 
-/// Why [`FlowTable::insert`] stored nothing. Counted in `conflicts`.
+/// Why [`FlowTable::insert`] stored nothing. Both are counted in
+/// `conflicts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum InsertError {
     /// Another live flow already owns this flow's reply key.
     #[error("another live flow owns the reply key")]
     ReplyKeyInUse,
-    /// No slot could be freed. Cannot happen with a capacity of at least
-    /// one; it exists so that the insert path has no panic.
+    /// No slot could be freed in the key's window. Evictions are repeated
+    /// until one is (a removal's backward shift may refill the window from
+    /// beyond it), so this takes a table of fewer slots than a window
+    /// holding nothing but the new flow's own keys; it exists so that the
+    /// insert path has no panic.
     #[error("no flow slot could be freed")]
     NoRoom,
 }
@@ -342,7 +346,8 @@ pub struct FlowCounters {
     /// Flows removed because their timeout had passed (including closing
     /// flows ended by a new SYN).
     pub expirations: u64,
-    /// Inserts refused with [`InsertError::ReplyKeyInUse`].
+    /// Inserts refused ([`InsertError`]: nearly always
+    /// [`InsertError::ReplyKeyInUse`]).
     pub conflicts: u64,
     /// Flows removed by [`FlowTable::remove`] or replaced by an insert of
     /// the same forward key.
@@ -632,7 +637,7 @@ pub struct FlowTable<D: Copy + Default = FlowDecision> {
     capacity: usize,
     /// Live flows (forward slots).
     len: usize,
-    /// Per-word hash keys derived from the configured seed.
+    /// Hash keys derived from the configured seed.
     keys: [u64; 6],
     /// `now >> shift` is the table's clock (see [`TIMEOUT_QUANTA`]).
     shift: u32,
@@ -914,12 +919,21 @@ impl<D: Copy + Default> FlowTable<D> {
         if self.len >= self.capacity {
             return Err(InsertError::NoRoom);
         }
-        let mut fi = match self.free_slot(hf) {
-            Some(i) => i,
-            None => {
-                self.evict_in_window(hf, None, now);
-                self.free_slot(hf).ok_or(InsertError::NoRoom)?
+        // An eviction's backward shift may pull a key from beyond the
+        // window into the hole, so one eviction does not always free a slot
+        // in it: evict until one does (each round removes a flow owning a
+        // slot of the window).
+        let mut fi = None;
+        for _ in 0..=self.window {
+            fi = self.free_slot(hf);
+            if fi.is_some() {
+                break;
             }
+            self.evict_in_window(hf, None, now);
+        }
+        let Some(mut fi) = fi else {
+            self.counters.conflicts += 1;
+            return Err(InsertError::NoRoom);
         };
         let q = self.clock(now);
         let closing = if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -952,21 +966,32 @@ impl<D: Copy + Default> FlowTable<D> {
             self.counters.inserts += 1;
             return Ok(FlowHandle(fi as u32));
         }
-        let ri = match self.free_slot(hr) {
-            Some(i) => Some(i),
-            None => {
-                self.evict_in_window(hr, Some(fi), now);
-                // The eviction may have shifted the new forward slot back.
-                match self.find(&pf, hf) {
-                    Some((i, _)) => fi = i,
-                    None => return Err(InsertError::NoRoom),
-                }
-                self.free_slot(hr)
+        let mut ri = None;
+        for _ in 0..=self.window {
+            ri = self.free_slot(hr);
+            if ri.is_some() {
+                break;
             }
-        };
+            self.evict_in_window(hr, Some(fi), now);
+            // The eviction may have shifted the new forward slot back.
+            match self.find(&pf, hf) {
+                Some((i, Match::Same)) => fi = i,
+                _ => {
+                    ri = None;
+                    break;
+                }
+            }
+        }
         let Some(ri) = ri else {
             // Its reply slot was never placed: the release finds none.
-            self.release(fi);
+            if self
+                .slots
+                .get(fi)
+                .is_some_and(|f| f.holds(&pf) == Match::Same)
+            {
+                self.release(fi);
+            }
+            self.counters.conflicts += 1;
             return Err(InsertError::NoRoom);
         };
         if let Some(s) = self.slots.get_mut(ri) {
@@ -1036,7 +1061,9 @@ impl<D: Copy + Default> FlowTable<D> {
 
     /// Looks at up to `budget` slots (round-robin) and removes the flows
     /// found expired there; returns how many. Call it now and then with a
-    /// small budget so that idle flows leave even if never met again.
+    /// small budget so that idle flows leave even if never met again. (A
+    /// flow that a removal shifts back behind the sweep is looked at on the
+    /// next pass.)
     pub fn expire(&mut self, now: u64, budget: usize) -> usize {
         let n = self.slots.len();
         let mut removed = 0;
@@ -1125,10 +1152,12 @@ impl<D: Copy + Default> FlowTable<D> {
     #[inline]
     fn hash(&self, k: &PackedKey) -> u64 {
         let s = &self.keys;
+        // The port times a seed-derived odd factor: which endpoints
+        // collide depends on the seed.
         let end = |addr: u128, port: u64| {
             fold_mul(
-                addr as u64 ^ s[0],
-                (addr >> 64) as u64 ^ (port << 48) ^ s[1],
+                addr as u64 ^ port.wrapping_mul(s[4] | 1) ^ s[0],
+                (addr >> 64) as u64 ^ s[1],
             )
         };
         let a = end(k.src, k.ports & 0xffff);
@@ -1239,12 +1268,19 @@ impl<D: Copy + Default> FlowTable<D> {
         if f.has(SHARED) {
             return;
         }
-        // By its key alone: keys are unique, and the shift may have moved
-        // another flow into `fwd`, its reply slot following.
+        // By its key alone (keys are unique): the shift may have moved
+        // another flow into `fwd`, its reply slot's link following.
         let pr = PackedKey::of(&rev);
-        if let Some((r, _)) = self.find(&pr, self.hash(&pr)) {
-            if self.slots.get(r).is_some_and(|x| x.is_reply()) {
-                self.vacate(r);
+        let home = self.home(self.hash(&pr));
+        for d in 0..self.window {
+            let i = (home + d) & self.mask;
+            match self.slots.get(i) {
+                Some(x) if x.is_reply() && x.holds(&pr) == Match::Same => {
+                    self.vacate(i);
+                    return;
+                }
+                Some(x) if !x.empty() => {}
+                _ => return,
             }
         }
     }
@@ -1319,8 +1355,8 @@ impl<D: Copy + Default> FlowTable<D> {
     }
 }
 
-/// Six hash keys from one seed (a splitmix64 sequence), so that every word
-/// of a flow key meets its own.
+/// Hash keys from one seed (a splitmix64 sequence); [`FlowTable::hash`]
+/// uses the first five.
 fn hash_keys(seed: u64) -> [u64; 6] {
     let mut x = seed;
     std::array::from_fn(|_| {
@@ -1383,8 +1419,8 @@ mod tests {
     }
 
     /// The table's invariants, all checked: every key is within its window
-    /// with no empty slot before it, and unique; no tombstone is followed
-    /// by an empty slot; every reply slot points at an unshared forward
+    /// with no empty slot before it, and unique (a shared slot's mirror
+    /// image too); every reply slot points at an unshared forward
     /// slot whose reply key it holds, and every unshared forward slot has
     /// exactly one; `len` counts the forward slots; tails are neither
     /// shared nor lost.
@@ -1402,6 +1438,10 @@ mod tests {
                 keys.insert((key.src, key.dst, key.ports, key.kind)),
                 "key twice"
             );
+            if s.has(SHARED) {
+                let m = key.mirror();
+                assert!(keys.insert((m.src, m.dst, m.ports, m.kind)), "mirror twice");
+            }
             let home = t.home(t.hash(&key));
             let d = i.wrapping_sub(home) & t.mask;
             assert!(d < t.window, "slot {i} is {d} past its home");
@@ -1932,7 +1972,8 @@ mod tests {
 
     #[test]
     fn the_sweep_removes_idle_flows_within_its_budget() {
-        let mut t = table(64);
+        // Room for four times as many flows: no insert evicts.
+        let mut t = table(256);
         for n in 0..64 {
             t.insert(
                 key(n),
@@ -1944,16 +1985,45 @@ mod tests {
             )
             .unwrap();
         }
-        // The budget counts slots: one pass is `slots()` of them.
-        assert_eq!(t.slots(), 64 * SLOTS_PER_FLOW);
+        // The budget counts slots: one pass is `slots()` of them. A flow
+        // that a removal shifts back behind the sweep waits for the next
+        // pass: two passes find every one.
+        assert_eq!(t.slots(), 256 * SLOTS_PER_FLOW);
         let mut removed = t.expire(IDLE + 1, 0);
         assert_eq!(removed, 0);
         for _ in 0..8 {
             removed += t.expire(IDLE + 1, t.slots() / 8);
         }
+        assert!((5..=10).contains(&removed), "one pass removed {removed}");
+        removed += t.expire(IDLE + 1, t.slots());
         assert_eq!(removed, 10);
         assert_eq!(t.len(), 54);
         assert_eq!(t.counters().expirations, 10);
+    }
+
+    /// A full table of rewritten flows (two keys each, half the slots in
+    /// use) with new flows arriving all the time always makes room: an
+    /// eviction whose backward shift refills the window from beyond it is
+    /// followed by another.
+    #[test]
+    fn a_full_table_of_rewritten_flows_always_makes_room() {
+        let mut t = table(4096);
+        for n in 0..40_000u32 {
+            let k = key(n);
+            let rr = ReverseRewrite::for_forward(
+                &k,
+                &ActionSet {
+                    dst_port: Some(8080),
+                    ..ActionSet::default()
+                },
+            );
+            t.insert(k, rr, ActionSet::default(), n, 0, u64::from(n))
+                .unwrap();
+        }
+        check(&t);
+        let c = t.counters();
+        assert_eq!((t.len(), c.conflicts), (4096, 0));
+        assert_eq!(c.evictions + c.expirations, 40_000 - 4096);
     }
 
     #[test]

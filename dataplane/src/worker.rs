@@ -434,7 +434,8 @@ impl Pipeline {
                         Ok(_) => (packet::apply_forward(frame, p, &actions), level),
                         // Another flow owns the reply key: a remap would make the
                         // two indistinguishable, so this one goes unrewritten
-                        // (counted in the table's conflicts).
+                        // (counted in the table's conflicts, as is the `NoRoom`
+                        // a table smaller than a probe window could give).
                         Err(_) => (ApplyReport::default(), level),
                     }
                 }
