@@ -305,7 +305,11 @@ fn coupons_redeemed_in_band_remap_the_port_and_the_address_and_mark_dscp() {
         "tcp.checksum.status == 0 || ip.checksum.status == 0",
         "frame.number",
     );
-    assert!(bad.is_empty(), "bad checksums in frames {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "bad checksums in frames {bad:?}:\n{}",
+        describe_frames(&far, &bad)
+    );
     let plain = tshark_fields(
         &far,
         "tcp.dstport == 5002 && tcp.len > 0",

@@ -24,37 +24,6 @@ fn dscp_runs(pcap: &Path, filter: &str) -> (Vec<String>, usize) {
     (runs, all.len())
 }
 
-/// What tshark says of each of `frames` (by number): enough to tell which
-/// side sent it and what was wrong, should a checksum check fail.
-fn describe_frames(pcap: &std::path::Path, frames: &[String]) -> String {
-    const FIELDS: [&str; 11] = [
-        "ip.src",
-        "tcp.srcport",
-        "ip.dst",
-        "tcp.dstport",
-        "ip.dsfield.dscp",
-        "tcp.flags.str",
-        "tcp.len",
-        "frame.len",
-        "frame.cap_len",
-        "ip.checksum.status",
-        "tcp.checksum.status",
-    ];
-    frames
-        .iter()
-        .take(5)
-        .map(|n| {
-            let filter = format!("frame.number == {n}");
-            let values: Vec<String> = FIELDS
-                .iter()
-                .map(|f| format!("{f}={}", tshark_fields(pcap, &filter, f).join(",")))
-                .collect();
-            format!("frame {n}: {}", values.join(" "))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn ok(out: &std::process::Output) -> String {
     assert!(out.status.success(), "{}", describe(out));
     String::from_utf8_lossy(&out.stdout).into_owned()

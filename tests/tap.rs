@@ -238,7 +238,11 @@ fn tap_dscp_and_mss_rule_marks_are_seen_downstream_with_valid_checksums() {
         "ip.checksum.status == 0 || tcp.checksum.status == 0",
         "frame.number",
     );
-    assert!(bad.is_empty(), "bad checksums in frames {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "bad checksums in frames {bad:?}:\n{}",
+        describe_frames(&pcap_b, &bad)
+    );
     let mss = tshark_fields(
         &pcap_b,
         "tcp.flags.syn == 1 && tcp.flags.ack == 0",
