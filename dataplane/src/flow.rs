@@ -917,6 +917,7 @@ impl<D: Copy + Default> FlowTable<D> {
             self.evict_sampled(now);
         }
         if self.len >= self.capacity {
+            self.counters.conflicts += 1;
             return Err(InsertError::NoRoom);
         }
         // An eviction's backward shift may pull a key from beyond the
@@ -944,7 +945,10 @@ impl<D: Copy + Default> FlowTable<D> {
         let (link, tail) = if has_remaps(&actions) || reverse != NO_REVERSE {
             // At most one tail per live flow, and fewer live flows than
             // tails here: the pool is never empty.
-            let t = self.free_tails.pop().ok_or(InsertError::NoRoom)?;
+            let Some(t) = self.free_tails.pop() else {
+                self.counters.conflicts += 1;
+                return Err(InsertError::NoRoom);
+            };
             if let Some(x) = self.tails.get_mut(t as usize) {
                 *x = Tail {
                     rev,
