@@ -459,28 +459,17 @@ impl<D> Slot<D> {
     /// `k`'s mirror image in a slot [`SHARED`] by both directions.
     #[inline(always)]
     fn holds(&self, k: &PackedKey) -> Match {
-        let state = self.kind & STATE;
-        if state != FWD && state != REPLY {
+        if !self.used() {
             return Match::No;
         }
-        if self.src == k.src
-            && self.dst == k.dst
-            && self.ports == k.ports
-            && self.kind & KIND_KEY == k.kind
-        {
-            return Match::Same;
+        let stored = self.packed();
+        if stored == *k {
+            Match::Same
+        } else if self.has(SHARED) && stored == k.mirror() {
+            Match::Mirror
+        } else {
+            Match::No
         }
-        if self.kind & SHARED != 0 {
-            let m = k.mirror();
-            if self.src == m.src
-                && self.dst == m.dst
-                && self.ports == m.ports
-                && self.kind & KIND_KEY == m.kind
-            {
-                return Match::Mirror;
-            }
-        }
-        Match::No
     }
 
     #[inline(always)]
@@ -638,7 +627,7 @@ pub struct FlowTable<D: Copy + Default = FlowDecision> {
     /// Live flows (forward slots).
     len: usize,
     /// Hash keys derived from the configured seed.
-    keys: [u64; 6],
+    keys: [u64; 5],
     /// `now >> shift` is the table's clock (see [`TIMEOUT_QUANTA`]).
     shift: u32,
     /// The timeouts in quanta of that clock.
@@ -1089,11 +1078,6 @@ impl<D: Copy + Default> FlowTable<D> {
         removed
     }
 
-    /// Slots in the table (for reports).
-    pub fn slots(&self) -> usize {
-        self.slots.len()
-    }
-
     /// The forward slot owning slot `i`, and the side of a key found
     /// there as `m`; `None` if `i` holds no key.
     #[inline(always)]
@@ -1359,9 +1343,9 @@ impl<D: Copy + Default> FlowTable<D> {
     }
 }
 
-/// Hash keys from one seed (a splitmix64 sequence); [`FlowTable::hash`]
-/// uses the first five.
-fn hash_keys(seed: u64) -> [u64; 6] {
+/// The hash keys of [`FlowTable::hash`], from one seed (a splitmix64
+/// sequence).
+fn hash_keys(seed: u64) -> [u64; 5] {
     let mut x = seed;
     std::array::from_fn(|_| {
         x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -1992,14 +1976,14 @@ mod tests {
         // The budget counts slots: one pass is `slots()` of them. A flow
         // that a removal shifts back behind the sweep waits for the next
         // pass: two passes find every one.
-        assert_eq!(t.slots(), 256 * SLOTS_PER_FLOW);
+        assert_eq!(t.slots.len(), 256 * SLOTS_PER_FLOW);
         let mut removed = t.expire(IDLE + 1, 0);
         assert_eq!(removed, 0);
         for _ in 0..8 {
-            removed += t.expire(IDLE + 1, t.slots() / 8);
+            removed += t.expire(IDLE + 1, t.slots.len() / 8);
         }
         assert!((5..=10).contains(&removed), "one pass removed {removed}");
-        removed += t.expire(IDLE + 1, t.slots());
+        removed += t.expire(IDLE + 1, t.slots.len());
         assert_eq!(removed, 10);
         assert_eq!(t.len(), 54);
         assert_eq!(t.counters().expirations, 10);

@@ -985,8 +985,9 @@ pub fn classify(bench: &mut Bench) -> Result<ScenarioReport> {
              worker's is before each burst). The table's clock does not move during the \
              measurement, so hits write nothing; on an appliance a hit writes its flow's line \
              at most once per clock quantum (1/65 536 of the idle timeout). The 'one binding \
-             write per burst' variant writes another subscriber's binding before each burst (untimed), so every flow's stamp \
-             needs its validity line read and is restamped: the cost during an update storm. \
+             write per burst' variant writes another subscriber's binding before each burst \
+             (untimed), so every flow's stamp needs its validity line read and is restamped: \
+             the cost during an update storm. \
              The reference rows read one random cache line per packet from an array \
              the flow table's size: what any table this large pays per lookup, without and \
              with bulk prefetching. The peer (rte_hash bulk lookup) measured 46-87 cycles on \
