@@ -620,6 +620,30 @@ pub fn describe_frames(pcap: &std::path::Path, frames: &[String]) -> String {
         .join("\n")
 }
 
+/// The subscriber host's address in every bench (namespace a).
+pub const SUBSCRIBER: &str = "198.18.0.1";
+
+/// Frames of an upstream-side (namespace b) capture that the appliance
+/// wrote, i.e. those from the subscriber host, whose IP or TCP checksum is
+/// wrong, described ([`describe_frames`]); empty if none. The server's own
+/// frames are left out: tcpdump sees them on their way out, before the
+/// kernel's offloaded checksum is filled in, so they test the kernel, not
+/// the appliance (CI caught one so: a bare ACK from the server, its IP
+/// checksum good and its TCP checksum partial).
+pub fn bad_checksums_from_subscriber(pcap: &Path) -> String {
+    let filter =
+        format!("ip.src == {SUBSCRIBER} && (ip.checksum.status == 0 || tcp.checksum.status == 0)");
+    let bad = tshark_fields(pcap, &filter, "frame.number");
+    if bad.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "bad checksums in frames {bad:?}:\n{}",
+            describe_frames(pcap, &bad)
+        )
+    }
+}
+
 /// tshark field values for `filter`.
 pub fn tshark_fields(pcap: &std::path::Path, filter: &str, field: &str) -> Vec<String> {
     let out = Command::new("tshark")
