@@ -100,7 +100,7 @@ pub fn run(dir: &std::path::Path, stored_rows: u32, requests: u32) -> Result<Con
             );
             let changes = changes_of(&line)?;
             stored
-                .commit(&changes)
+                .commit_request(&line, &changes)
                 .map_err(|e| anyhow::anyhow!("loading the store: {e}"))?;
             memory
                 .commit(&changes)
@@ -143,7 +143,7 @@ pub fn run(dir: &std::path::Path, stored_rows: u32, requests: u32) -> Result<Con
         let before = compactions(&stored);
         let t2 = Instant::now();
         let (_, touched) = stored
-            .commit_touched(&changes)
+            .commit_request(line, &changes)
             .map_err(|e| anyhow::anyhow!("commit: {e}"))?;
         let t3 = Instant::now();
         let compacted = compactions(&stored) != before;
