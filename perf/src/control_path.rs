@@ -34,9 +34,10 @@ use crate::corpus::{bulk_coupon, POPULATED_LOGINS};
 use crate::report::{ScenarioReport, Table};
 use crate::updates::{Sweep, STORM_BATCH};
 
-/// Storm requests timed (after one untimed warm-up request): 1M rows, so
-/// that several compactions fall inside.
-const REQUESTS: u32 = 100;
+/// Storm requests timed (after one untimed warm-up request): 4M rows, so
+/// that at least two compactions fall inside (one per ~1.9M rows of this
+/// storm, with the journal allowed twice the snapshot's size).
+const REQUESTS: u32 = 400;
 
 /// One phase's cost.
 #[derive(Debug, Clone, Serialize)]
