@@ -1180,6 +1180,38 @@ impl Entry {
         }
     }
 
+    /// Decode one entry of `table` from a deserializer, as
+    /// [`Entry::from_json`] decodes its text, but with no field path in the
+    /// error: the fast path of a batch request, which on any error is
+    /// parsed again entry by entry for a precise one.
+    pub(crate) fn deserialize_in<'de, D: Deserializer<'de>>(
+        table: Table,
+        d: D,
+    ) -> Result<Entry, D::Error> {
+        fn spec<
+            'de,
+            S: Deserialize<'de>,
+            T: TryFrom<S, Error = ModelError>,
+            D: Deserializer<'de>,
+        >(
+            d: D,
+        ) -> Result<T, D::Error> {
+            T::try_from(S::deserialize(d)?).map_err(serde::de::Error::custom)
+        }
+        Ok(match table {
+            Table::Coupon => Entry::Coupon(spec::<CouponSpec, _, _>(d)?),
+            Table::Login => Entry::Login(spec::<LoginSpec, _, _>(d)?),
+            Table::Tier => Entry::Tier(spec::<TierSpec, _, _>(d)?),
+            Table::Sp => Entry::Sp(spec::<SpSpec, _, _>(d)?),
+            Table::Eligibility => Entry::Eligibility(spec::<EligibilitySpec, _, _>(d)?),
+            Table::Default => {
+                let dec: Decision = spec::<DecisionSpec, _, _>(d)?;
+                check_default(&dec).map_err(serde::de::Error::custom)?;
+                Entry::Default(dec)
+            }
+        })
+    }
+
     /// Decode one entry of `table` from its JSON text. The error names the
     /// field path within the entry (`decision.rate.peak_bps`).
     pub fn from_json(table: Table, json: &str) -> Result<Entry, ModelError> {

@@ -860,7 +860,47 @@ fn pages_of_a_hashed_table_come_in_key_order() {
     assert_eq!(s.list(Table::Default, 0, 10).len(), 1);
 }
 
+/// Members of `add`/`update` requests, good and bad, for the fast path's
+/// parity test.
+const REQUEST_PARTS: &[&str] = &[
+    r#""op":"add""#,
+    r#""op":"update""#,
+    r#""op":"remove""#,
+    r#""op":"upd\u0061te""#,
+    r#""table":"coupon""#,
+    r#""table":"Login""#,
+    r#""table":"tier""#,
+    r#""table":"nope""#,
+    r#""t\u0061ble":"coupon""#,
+    r#""entries":[{"id":"c1","subscriber":"10.0.0.1","decision":{"level":"voice","dscp":46}}]"#,
+    r#""entries":[{"id":"c1","subscriber":"10.0.0.1","port":443,"decision":{"level":1}},{"id":"c2","subscriber":"2001:db8::2","dst":"2001:db8::/32","decision":{"level":"bulk","rate":{"committed_bps":1000,"peak_bps":2000}},"expires":4102444800}]"#,
+    r#""entries":[{"id":"c1","subscriber":"10.0.0.999","decision":{"level":1}}]"#,
+    r#""entries":[{"id":"c1","subscriber":"10.0.0.1","decision":{"level":9}}]"#,
+    r#""entries":[{"id":"c1","subscriber":"10.0.0.1","decision":{"level":1},"extra":1}]"#,
+    r#""entries":[{"subscriber":"10.0.0.3","login":"al\"ice","tier":"gold"}]"#,
+    r#""entries":[{"name":"gold","decision":{"level":"premium"}}]"#,
+    r#""entries":[]"#,
+    r#""entries":{}"#,
+    r#""keys":[{"id":"c1"}]"#,
+    r#""limit":3"#,
+    r#""seq":1"#,
+];
+
 proptest! {
+    /// Whatever an `add`/`update` request holds (members in any order,
+    /// repeated, unknown, escaped, bad rows), the one-pass fast path
+    /// answers exactly as the general path, errors included.
+    #[test]
+    fn the_fast_path_parses_exactly_as_the_general_path(
+        parts in proptest::collection::vec(proptest::sample::select(REQUEST_PARTS), 0..5),
+        trailer in proptest::sample::select(&["", " ", "x", "}", "\n"][..]),
+    ) {
+        let line = format!("{{{}}}{trailer}", parts.join(","));
+        let fast = parse_request(&line);
+        let general = protocol::parse_general(line.trim_end_matches('\n'));
+        prop_assert_eq!(format!("{fast:?}"), format!("{general:?}"), "{}", line);
+    }
+
     #[test]
     fn arbitrary_request_lines_never_panic(line in ".{0,200}") {
         let mut p = Policy::in_memory();
