@@ -388,7 +388,7 @@ fn serve(
             Ok(n) => {
                 let mut data = &chunk[..n];
                 while !data.is_empty() {
-                    let nl = data.iter().position(|&b| b == b'\n');
+                    let nl = memchr::memchr(b'\n', data);
                     let (part, rest) = match nl {
                         Some(i) => (&data[..i], &data[i + 1..]),
                         None => (data, &data[..0]),
@@ -445,7 +445,11 @@ fn handle(
     if text.is_empty() {
         return;
     }
-    if coupons::is_coupon_request(text) {
+    // A policy request first: asking whether a 10k-row batch is a coupon
+    // request would decode the whole line once more. A coupon request is
+    // never a policy request (its op is `coupon_*`), so it fails here.
+    let parsed = parse_request(text);
+    if parsed.is_err() && coupons::is_coupon_request(text) {
         let v = match coupons {
             Some(c) => c.handle(text, unix_now(), &mut Bind { policy, dp }),
             None => serde_json::json!({"ok": false, "error": {"field": "op",
@@ -455,7 +459,7 @@ fn handle(
         conn.wbuf.push(b'\n');
         return;
     }
-    let response = match parse_request(text) {
+    let response = match parsed {
         Err(e) => Response::error(e),
         Ok(Request::Apply { op, changes }) => match apply(policy, dp, &changes, Some(text)) {
             Ok(a) => Response::applied(a),
