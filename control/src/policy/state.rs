@@ -474,7 +474,7 @@ impl PolicyState {
             state: self,
             batch,
             undo: Vec::with_capacity(batch.len()),
-            olds: Vec::new(),
+            olds: Vec::with_capacity(batch.len()),
             committed: false,
         };
         for (index, change) in batch.iter().enumerate() {
