@@ -35,8 +35,8 @@ use crate::report::{ScenarioReport, Table};
 use crate::updates::{Sweep, STORM_BATCH};
 
 /// Storm requests timed (after one untimed warm-up request): 4M rows, so
-/// that at least two compactions fall inside (one per ~1.9M rows of this
-/// storm, with the journal allowed twice the snapshot's size).
+/// that several compactions fall inside (one per ~1.4M rows of this storm:
+/// the journal may grow to four times the binary snapshot).
 const REQUESTS: u32 = 400;
 
 /// One phase's cost.

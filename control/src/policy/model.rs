@@ -435,6 +435,11 @@ pub(crate) fn parse_addr(field: &str, s: &str) -> Result<IpAddr, ModelError> {
             format!("bad IP address {s:?}: expected IPv4 (192.0.2.1) or IPv6 (2001:db8::1)"),
         )
     })?;
+    check_unicast(field, a)
+}
+
+/// [`parse_addr`]'s check on an address already parsed.
+fn check_unicast(field: &str, a: IpAddr) -> Result<IpAddr, ModelError> {
     if a.is_unspecified() || a.is_multicast() || a == IpAddr::from([255, 255, 255, 255]) {
         return Err(ModelError::new(
             field,
@@ -873,23 +878,29 @@ impl CouponBinding {
         decision: DecisionSpec,
         expires: Option<u64>,
     ) -> Result<CouponBinding, ModelError> {
+        // In the order the members' errors have always been reported.
         check_name_ref("id", id)?;
-        let id = CompactString::from(id);
         let subscriber = parse_addr("subscriber", subscriber)?;
         let dst = dst.map(|d| Prefix::parse("dst", d)).transpose()?;
-        if let Some(d) = dst {
-            if d.is_ipv4() != subscriber.is_ipv4() {
-                return Err(ModelError::new(
-                    "dst",
-                    format!(
-                        "prefix {d} is not of the subscriber's family ({})",
-                        family(subscriber)
-                    ),
-                ));
-            }
-        }
+        check_dst_family(dst, subscriber)?;
         let port = opt_port("port", port)?;
         let decision = decision_from(decision)?;
+        CouponBinding::from_parts(id, subscriber, dst, port, decision, expires)
+    }
+
+    /// A coupon from its members, parsed; the checks across them.
+    fn from_parts(
+        id: &str,
+        subscriber: IpAddr,
+        dst: Option<Prefix>,
+        port: Option<Port>,
+        decision: Decision,
+        expires: Option<u64>,
+    ) -> Result<CouponBinding, ModelError> {
+        check_name_ref("id", id)?;
+        let id = CompactString::from(id);
+        let subscriber = check_unicast("subscriber", subscriber)?;
+        check_dst_family(dst, subscriber)?;
         decision.check_family("subscriber", subscriber.is_ipv4())?;
         if expires == Some(0) {
             return Err(ModelError::new(
@@ -905,6 +916,19 @@ impl CouponBinding {
             decision,
             expires,
         })
+    }
+}
+
+fn check_dst_family(dst: Option<Prefix>, subscriber: IpAddr) -> Result<(), ModelError> {
+    match dst {
+        Some(d) if d.is_ipv4() != subscriber.is_ipv4() => Err(ModelError::new(
+            "dst",
+            format!(
+                "prefix {d} is not of the subscriber's family ({})",
+                family(subscriber)
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -1513,6 +1537,9 @@ pub(crate) fn strip_position(msg: &str) -> String {
         _ => msg.to_string(),
     }
 }
+
+mod binary;
+pub(crate) use binary::{take_default, Reader, Rows};
 
 #[cfg(test)]
 mod tests {
