@@ -120,7 +120,9 @@ use thiserror::Error;
 
 use super::model::{Change, Entry, Key, Table};
 use super::model::{CouponBinding, Decision, EligibilityRule, LoginBinding, SpAllocation, Tier};
-use super::protocol::{batch_changes, check_fields, parse_table, BatchFields, ProtocolError};
+use super::protocol::{
+    batch_changes, check_fields, fast_journal_record, parse_table, BatchFields, ProtocolError,
+};
 use super::state::{Applied, BatchError, PolicyState, Touched};
 
 const MAGIC: [u8; 4] = *b"SLJ1";
@@ -856,17 +858,27 @@ impl Store {
                 offset: off as u64,
                 reason,
             };
-            let rec: JournalIn<'_> = serde_json::from_slice(payload)
-                .map_err(|e| corrupt(format!("undecodable journal record: {e}")))?;
-            let n = rec.len() as u64;
-            if rec.seq + n <= state.seq() {
+            // A record in the request shape in one pass (as the request
+            // was decoded), any other through `JournalIn`.
+            let (rec_seq, n, rec) = match fast_journal_record(payload) {
+                Some((seq, changes)) => (seq, changes.len() as u64, Ok(changes)),
+                None => {
+                    let rec: JournalIn<'_> = serde_json::from_slice(payload)
+                        .map_err(|e| corrupt(format!("undecodable journal record: {e}")))?;
+                    (rec.seq, rec.len() as u64, Err(rec))
+                }
+            };
+            if rec_seq + n <= state.seq() {
                 report.skipped_records += 1;
-            } else if rec.seq == state.seq() {
+            } else if rec_seq == state.seq() {
                 replayed = true;
-                let changes = rec.changes().map_err(|e| {
-                    let at = e.index.map(|i| format!("change {i}: ")).unwrap_or_default();
-                    corrupt(format!("{at}`{}`: {}", e.field, e.reason))
-                })?;
+                let changes = match rec {
+                    Ok(changes) => changes,
+                    Err(rec) => rec.changes().map_err(|e| {
+                        let at = e.index.map(|i| format!("change {i}: ")).unwrap_or_default();
+                        corrupt(format!("{at}`{}`: {}", e.field, e.reason))
+                    })?,
+                };
                 state
                     .apply(&changes)
                     .map_err(|e| corrupt(format!("record does not apply: {e}")))?;
@@ -874,8 +886,8 @@ impl Store {
             } else {
                 return Err(corrupt(format!(
                     "record covers sequence numbers {}..{} but the state is at {}",
-                    rec.seq,
-                    rec.seq + n,
+                    rec_seq,
+                    rec_seq + n,
                     state.seq()
                 )));
             }
@@ -1842,6 +1854,40 @@ mod tests {
         fs::write(dir.path().join(SNAPSHOT), &json).unwrap();
         let (_, loaded, _) = open(dir.path());
         assert_eq!(loaded, state);
+    }
+
+    /// A record in the request shape replays through the one-pass decoder
+    /// with the same sequence number and changes as through `JournalIn`;
+    /// any other shape is left to `JournalIn`.
+    #[test]
+    fn the_one_pass_replay_reads_records_as_the_general_decoding_does() {
+        let check = |payload: &[u8], fast_expected: bool| {
+            let slow: JournalIn<'_> = serde_json::from_slice(payload).unwrap();
+            let slow = (slow.seq, slow.changes().unwrap());
+            match fast_journal_record(payload) {
+                Some(fast) => assert_eq!(fast, slow),
+                None => assert!(!fast_expected, "{}", String::from_utf8_lossy(payload)),
+            }
+        };
+        for (k, b) in batches().iter().enumerate() {
+            let mut rec = Vec::new();
+            record_into(&mut rec, &JournalOut::new(k as u64 * 7, b)).unwrap();
+            let uniform = b.iter().all(|c| {
+                matches!(c, Change::Add(_) | Change::Update(_))
+                    && (c.op(), c.table()) == (b[0].op(), b[0].table())
+            });
+            check(&rec[HEADER..], uniform);
+        }
+        let lines = [
+            r#"{"op":"update","table":"coupon","entries":[{"id":"c1","subscriber":"10.0.0.1","decision":{"level":"voice","dscp":46}}]}"#,
+            r#" { "op" : "add", "table":"tier", "entries":[{"name":"g\u006fld","decision":{"level":1}}]} "#,
+            r#"{"table":"coupon","op":"update","entries":[{"id":"c1","subscriber":"10.0.0.1","decision":{"level":1}}]}"#,
+        ];
+        for (k, line) in lines.iter().enumerate() {
+            let mut rec = Vec::new();
+            journal_request_record(&mut rec, 40 + k as u64, request_fields(line).unwrap()).unwrap();
+            check(&rec[HEADER..], true);
+        }
     }
 
     /// Records dropped with `truncate_corrupt` go from the file even when
