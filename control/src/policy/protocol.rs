@@ -198,7 +198,8 @@ impl ProtocolError {
 /// An `add` or `update` request whose `table` comes before its `entries`
 /// (as every client here writes them), decoded in one pass: the entries
 /// straight into rows, with no first pass that only finds where each one
-/// ends (that pass was about a sixth of the control thread's time in an
+/// ends (that pass and the server's coupon-request check, which also read
+/// the whole line, were about a sixth of the control thread's time in an
 /// update storm, `sluice-perf updates` under `perf`). `None` for any other
 /// request. Any error, and any member this does not expect, sends the line
 /// to [`parse_request`]'s general path, which accepts exactly the same
