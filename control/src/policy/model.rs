@@ -842,52 +842,39 @@ struct CouponRef<'a> {
 
 impl TryFrom<CouponRef<'_>> for CouponBinding {
     type Error = ModelError;
+    /// A coupon from its members as written, validated (in the order the
+    /// members' errors have always been reported).
     fn try_from(s: CouponRef<'_>) -> Result<CouponBinding, ModelError> {
-        CouponBinding::checked(
-            &s.id,
-            &s.subscriber,
-            s.dst.as_deref(),
-            s.port,
-            s.decision,
-            s.expires,
-        )
+        check_name_ref("id", &s.id)?;
+        let subscriber = parse_addr("subscriber", &s.subscriber)?;
+        let dst = s
+            .dst
+            .as_deref()
+            .map(|d| Prefix::parse("dst", d))
+            .transpose()?;
+        check_dst_family(dst, subscriber)?;
+        let port = opt_port("port", s.port)?;
+        let decision = decision_from(s.decision)?;
+        CouponBinding::from_parts(&s.id, subscriber, dst, port, decision, s.expires)
     }
 }
 
 impl TryFrom<CouponSpec> for CouponBinding {
     type Error = ModelError;
     fn try_from(s: CouponSpec) -> Result<CouponBinding, ModelError> {
-        CouponBinding::checked(
-            &s.id,
-            &s.subscriber,
-            s.dst.as_deref(),
-            s.port,
-            s.decision,
-            s.expires,
-        )
+        // The same checks: the strings move in, nothing is copied.
+        CouponBinding::try_from(CouponRef {
+            id: s.id.into(),
+            subscriber: s.subscriber.into(),
+            dst: s.dst.map(Into::into),
+            port: s.port,
+            decision: s.decision,
+            expires: s.expires,
+        })
     }
 }
 
 impl CouponBinding {
-    /// A coupon from its members as written, validated.
-    fn checked(
-        id: &str,
-        subscriber: &str,
-        dst: Option<&str>,
-        port: Option<u64>,
-        decision: DecisionSpec,
-        expires: Option<u64>,
-    ) -> Result<CouponBinding, ModelError> {
-        // In the order the members' errors have always been reported.
-        check_name_ref("id", id)?;
-        let subscriber = parse_addr("subscriber", subscriber)?;
-        let dst = dst.map(|d| Prefix::parse("dst", d)).transpose()?;
-        check_dst_family(dst, subscriber)?;
-        let port = opt_port("port", port)?;
-        let decision = decision_from(decision)?;
-        CouponBinding::from_parts(id, subscriber, dst, port, decision, expires)
-    }
-
     /// A coupon from its members, parsed; the checks across them.
     fn from_parts(
         id: &str,

@@ -555,14 +555,7 @@ impl PolicyState {
                 Ok(Outcome::Replaced(Entry::Default(old)))
             }
             Change::Add(e) => {
-                if self.has_key_of(e) {
-                    let key = e.key();
-                    return Err(reject(
-                        key.field(),
-                        format!("duplicate: {key} already exists"),
-                    ));
-                }
-                self.check_entry(e, false)?;
+                self.check_add(e)?;
                 self.insert_raw(e.clone());
                 Ok(Outcome::Inserted)
             }
@@ -626,6 +619,19 @@ impl PolicyState {
                 std::hint::black_box(self.coupons.get(b.id()).map(|o| o.subscriber()));
             }
         }
+    }
+
+    /// The checks of an `add` of `e` (not the default): its key is free,
+    /// and the cross-row rules hold.
+    fn check_add(&self, e: &Entry) -> Result<(), (String, String)> {
+        if self.has_key_of(e) {
+            let key = e.key();
+            return Err(reject(
+                key.field(),
+                format!("duplicate: {key} already exists"),
+            ));
+        }
+        self.check_entry(e, false)
     }
 
     /// Whether the row `e` would take is taken (without building its key).
@@ -1153,14 +1159,7 @@ impl PolicyState {
                     &e,
                 ));
             }
-            if s.has_key_of(&e) {
-                let key = e.key();
-                return Err(refuse(
-                    reject(key.field(), format!("duplicate: {key} already exists")),
-                    &e,
-                ));
-            }
-            s.check_entry(&e, false).map_err(|r| refuse(r, &e))?;
+            s.check_add(&e).map_err(|r| refuse(r, &e))?;
             s.insert_raw(e);
         }
         s.apply(&[Change::Update(Entry::Default(default))])?;
