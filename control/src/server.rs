@@ -86,7 +86,7 @@ impl<D: Dataplane> Binder for Bind<'_, D> {
         self.policy.state()
     }
     fn commit(&mut self, batch: &[Change]) -> Result<(), String> {
-        apply(self.policy, self.dp, batch, None)
+        apply(self.policy, self.dp, batch)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
@@ -351,7 +351,7 @@ fn sweep_expired(policy: &mut Policy, dp: &mut impl Dataplane) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = apply(policy, dp, &batch, None) {
+    if let Err(e) = apply(policy, dp, &batch) {
         log::warn!("removing {} expired coupon(s): {e}", batch.len());
     }
 }
@@ -361,12 +361,8 @@ fn apply(
     policy: &mut Policy,
     dp: &mut impl Dataplane,
     batch: &[Change],
-    request: Option<&str>,
 ) -> Result<crate::policy::Applied, crate::policy::CommitError> {
-    let (a, touched) = match request {
-        Some(line) => policy.commit_request(line, batch)?,
-        None => policy.commit_touched(batch)?,
-    };
+    let (a, touched) = policy.commit_touched(batch)?;
     dp.applied(policy.state(), &touched);
     Ok(a)
 }
@@ -461,7 +457,7 @@ fn handle(
     }
     let response = match parsed {
         Err(e) => Response::error(e),
-        Ok(Request::Apply { op, changes }) => match apply(policy, dp, &changes, Some(text)) {
+        Ok(Request::Apply { op, changes }) => match apply(policy, dp, &changes) {
             Ok(a) => Response::applied(a),
             Err(e) => Response::commit_error(op, e),
         },

@@ -763,30 +763,37 @@ impl<D: Copy + Default> FlowTable<D> {
     /// slot, a flow's tail, or, when neither slot holds the key and neither
     /// ends its probe, the next two slots. Notes where the key was found,
     /// for [`FlowTable::lookup_probed`] to try first.
+    ///
+    /// Returns the decision when `key` is its flow's forward key (found
+    /// as stored in a forward slot), so that the caller can prefetch what
+    /// checking it needs: the worker checks a forward packet's stamp and
+    /// prefetches its validity line. Replies (a shared slot's mirror
+    /// image, a reply slot) are not checked: None.
     #[inline]
-    pub fn prefetch_entry(&self, probe: &mut Probe) {
+    pub fn prefetch_entry(&self, probe: &mut Probe) -> Option<D> {
         let home = self.home(probe.h);
         let near = self.window.min(2);
         for d in 0..near {
             let i = (home + d) & self.mask;
-            let Some(s) = self.slots.get(i) else {
-                return;
-            };
+            let s = self.slots.get(i)?;
             if s.empty() {
-                return;
+                return None;
             }
-            if s.holds(&probe.key) != Match::No {
+            let m = s.holds(&probe.key);
+            if m != Match::No {
+                probe.hint = i as u32;
                 if s.is_reply() {
                     if let Some(f) = self.slots.get(s.link as usize) {
                         crate::dpdk::prefetch(f);
                     }
-                } else if s.has(TAIL) {
+                    return None;
+                }
+                if s.has(TAIL) {
                     if let Some(t) = self.tails.get(s.link as usize) {
                         crate::dpdk::prefetch_lines(t);
                     }
                 }
-                probe.hint = i as u32;
-                return;
+                return (s.is_fwd() && m == Match::Same).then_some(s.decision);
             }
         }
         for d in near..self.window.min(near + 2) {
@@ -794,6 +801,7 @@ impl<D: Copy + Default> FlowTable<D> {
                 crate::dpdk::prefetch(s);
             }
         }
+        None
     }
 
     /// [`FlowTable::lookup`] of a key prepared by [`FlowTable::prefetch`]
@@ -1521,20 +1529,23 @@ mod tests {
         };
         t.insert(key(1), remap(), port, 1, 0, 0).unwrap();
         add(&mut t, key(2), 2, 0).unwrap();
+        // The last member: the decision prefetch_entry hands back for a
+        // forward key (replies are not checked: none).
         let cases = [
-            (key(1), 1, port, Side::Forward),
-            (key(2), 2, ActionSet::default(), Side::Forward),
-            (key(1).reply_key(&remap()), 1, port, Side::Reply),
+            (key(1), 1, port, Side::Forward, Some(1)),
+            (key(2), 2, ActionSet::default(), Side::Forward, Some(2)),
+            (key(1).reply_key(&remap()), 1, port, Side::Reply, None),
             (
                 key(2).reply_key(&ReverseRewrite::default()),
                 2,
                 ActionSet::default(),
                 Side::Reply,
+                None,
             ),
         ];
-        for (k, want, actions, side) in cases {
+        for (k, want, actions, side, early) in cases {
             let mut p = t.prefetch(&k);
-            t.prefetch_entry(&mut p);
+            assert_eq!(t.prefetch_entry(&mut p), early);
             assert_ne!(p.hint, NO_HINT);
             let hit = t.lookup_probed(&p, 0, 1).unwrap();
             assert_eq!(
@@ -1546,7 +1557,7 @@ mod tests {
         t.prefetch_entry(&mut stale);
         assert!(t.remove(&key(1)));
         let mut p = t.prefetch(&key(1));
-        t.prefetch_entry(&mut p);
+        assert_eq!(t.prefetch_entry(&mut p), None);
         assert_eq!(p.hint, NO_HINT);
         assert!(t.lookup_probed(&stale, 0, 1).is_none());
         // The freed slot may be reused by another flow: the hint names it,

@@ -296,8 +296,9 @@ impl Pipeline {
     /// being the burst's TSC, in groups of [`GROUP`] frames: every frame of
     /// a group is parsed and its flow key packed, hashed and its home slots
     /// prefetched ([`FlowTable::prefetch`]), then what each key needs next
-    /// is prefetched ([`FlowTable::prefetch_entry`]), then each frame is
-    /// handled. The table's cache misses (a few million flows do not fit
+    /// is prefetched ([`FlowTable::prefetch_entry`], and the validity line
+    /// of a forward hit whose stamp is behind the policy epoch:
+    /// [`TablesReader::prefetch_stamp`]), then each frame is handled. The table's cache misses (a few million flows do not fit
     /// in any cache) then overlap instead of following one another.
     /// Counts each packet at its level.
     #[inline]
@@ -325,14 +326,19 @@ impl Pipeline {
                         }
                         if let Some(k) = p.flow_key(m.data(), dir) {
                             *slot = Some((p, k, self.flows.prefetch(&k)));
-                            self.tables.prefetch_stamp(&k);
                         }
                     }
                     Err(e) => c.parse_error(e),
                 }
             }
             for (_, _, probe) in pre.iter_mut().flatten() {
-                self.flows.prefetch_entry(probe);
+                // A forward hit's stamp, if behind the epoch, reads its
+                // validity line: fetch it with the rest of the group.
+                if let Some(d) = self.flows.prefetch_entry(probe) {
+                    if !d.pinned() {
+                        self.tables.prefetch_stamp(d.stamp());
+                    }
+                }
             }
             for (i, (m, slot)) in group.iter_mut().zip(pre.iter()).enumerate() {
                 if consumed & (1 << i) != 0 {

@@ -35,8 +35,8 @@ use crate::report::{ScenarioReport, Table};
 use crate::updates::{Sweep, STORM_BATCH};
 
 /// Storm requests timed (after one untimed warm-up request): 4M rows, so
-/// that several compactions fall inside (one per ~1.4M rows of this storm:
-/// the journal may grow to four times the binary snapshot).
+/// that several compactions fall inside (one per ~2M rows of this storm:
+/// the journal may grow to twice the snapshot, both binary).
 const REQUESTS: u32 = 400;
 
 /// One phase's cost.
@@ -114,7 +114,7 @@ pub fn run(dir: &std::path::Path, stored_rows: u32, requests: u32) -> Result<Con
             );
             let changes = changes_of(&line)?;
             stored
-                .commit_request(&line, &changes)
+                .commit(&changes)
                 .map_err(|e| anyhow::anyhow!("loading the store: {e}"))?;
             memory
                 .commit(&changes)
@@ -157,7 +157,7 @@ pub fn run(dir: &std::path::Path, stored_rows: u32, requests: u32) -> Result<Con
         let before = compactions(&stored);
         let t2 = Instant::now();
         let (_, touched) = stored
-            .commit_request(line, &changes)
+            .commit_touched(&changes)
             .map_err(|e| anyhow::anyhow!("commit: {e}"))?;
         let t3 = Instant::now();
         let compacted = compactions(&stored) != before;

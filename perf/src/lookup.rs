@@ -7,11 +7,11 @@
 //! - **flow hit, one by one**: `FlowTable::lookup` + `TablesReader::is_current`
 //!   per packet, the way a worker without batching would;
 //! - **flow hit, bulk**: the worker's path: a burst of 32 keys hashed and
-//!   their home slots prefetched (and their subscribers' validity lines,
-//!   while the policy epoch moves), then what each key needs next
-//!   prefetched (nothing, for a forward hit without a tail), then looked
+//!   their home slots prefetched, then what each key needs next
+//!   prefetched (nothing, for a forward hit without a tail, but its
+//!   validity line if its stamp is behind the policy epoch), then looked
 //!   up and revalidated ([`FlowTable::prefetch`],
-//!   [`TablesReader::prefetch_stamp`], [`FlowTable::prefetch_entry`],
+//!   [`FlowTable::prefetch_entry`], [`TablesReader::prefetch_stamp`],
 //!   [`TablesReader::revalidate`]);
 //! - **flow hit, bulk, one binding write per burst**: the same with another
 //!   subscriber's binding written before each burst (untimed), so that
@@ -34,7 +34,6 @@ use sluice_dataplane::packet::{ActionSet, Dscp, FlowKey, ReverseRewrite, PROTO_T
 use sluice_dataplane::stats::Direction;
 use sluice_dataplane::tables::{
     Binding, Grant, Op, PrefixPolicy, Table, TablesConfig, TablesReader, TablesWriter, Validity,
-    WARM_REFRESHES,
 };
 
 const BURST: usize = 32;
@@ -245,15 +244,6 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
     }
     let n = keys.len();
     let mut results = Vec::new();
-    // A worker refreshes its reader before every burst, so once the
-    // tables have been quiet for WARM_REFRESHES bursts it stops
-    // prefetching validity lines (nothing needs them). The bindings above
-    // moved the epoch: without these refreshes the quiet variants below
-    // would prefetch a validity line per key that the worker would not.
-    for _ in 0..=WARM_REFRESHES {
-        reader.refresh();
-    }
-
     let mut hits = 0u64;
     results.push(timed("flow hit, one by one", bursts, n, |base| {
         for k in &keys[base..base + BURST] {
@@ -271,13 +261,11 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
     let mut restamped = 0u64;
     let mut bulk = |table: &mut FlowTable, reader: &TablesReader, base: usize| {
         let burst = &keys[base..base + BURST];
-        let mut probes: [Probe; BURST] = std::array::from_fn(|i| {
-            let k = &burst[i];
-            reader.prefetch_stamp(k);
-            table.prefetch(k)
-        });
+        let mut probes: [Probe; BURST] = std::array::from_fn(|i| table.prefetch(&burst[i]));
         for p in probes.iter_mut() {
-            table.prefetch_entry(p);
+            if let Some(d) = table.prefetch_entry(p) {
+                reader.prefetch_stamp(d.stamp());
+            }
         }
         for p in &probes {
             if let Some((d, handle)) = table

@@ -125,26 +125,7 @@ impl Policy {
     /// tables: what the control thread passes on to the mirror.
     pub fn commit_touched(&mut self, batch: &[Change]) -> Result<(Applied, Touched), CommitError> {
         match &mut self.store {
-            Some(store) => store.commit_touched(&mut self.state, batch, None),
-            None => Ok(self.state.apply_touched(batch)?),
-        }
-    }
-
-    /// [`Policy::commit_touched`] for the batch [`parse_request`] read from
-    /// `line`: the store journals the line itself rather than encoding the
-    /// batch again ([`Store::commit_touched`]). `batch` must be what
-    /// `line` parses into (checked in debug builds).
-    pub fn commit_request(
-        &mut self,
-        line: &str,
-        batch: &[Change],
-    ) -> Result<(Applied, Touched), CommitError> {
-        debug_assert!(
-            matches!(parse_request(line), Ok(Request::Apply { changes, .. }) if changes == batch),
-            "commit_request: the batch is not what the line parses into"
-        );
-        match &mut self.store {
-            Some(store) => store.commit_touched(&mut self.state, batch, Some(line)),
+            Some(store) => store.commit_touched(&mut self.state, batch),
             None => Ok(self.state.apply_touched(batch)?),
         }
     }

@@ -1526,7 +1526,7 @@ pub(crate) fn strip_position(msg: &str) -> String {
 }
 
 mod binary;
-pub(crate) use binary::{take_default, Reader, Rows};
+pub(crate) use binary::{put_change, take_change, take_default, Reader, Rows};
 
 #[cfg(test)]
 mod tests {

@@ -92,9 +92,10 @@
 //!   its next burst).
 //! - Otherwise, the **validity lines** decide: an array of `AtomicU32`
 //!   counters ([`TablesConfig::validity_lines`], default 1 Mi = 4 MiB: the
-//!   worker prefetches a flow's line together with its flow-table bucket
-//!   while the epoch moves ([`WARM_REFRESHES`]), so the array need not fit
-//!   a cache, and with 2M bindings a line is shared by ~2 subscribers
+//!   worker prefetches the line of a flow whose stamp is behind the epoch
+//!   once it has the flow's entry, a burst ahead of the lookups
+//!   ([`TablesReader::prefetch_stamp`]), so the array need not fit a
+//!   cache, and with 2M bindings a line is shared by ~2 subscribers
 //!   instead of 32: an update storm on other subscribers re-classified
 //!   enough of the benchmark's flows with 64 Ki lines to cost ~1 % of
 //!   forwarding), shared by the three maps and indexed by a hash of the
@@ -228,14 +229,6 @@ pub use types::{
 
 /// The largest capacity of one binding map.
 pub const MAX_CAPACITY: u32 = 1 << 24;
-
-/// Refreshes after the epoch last moved during which
-/// [`TablesReader::prefetch_stamp`] prefetches validity lines: while
-/// changes arrive, a burst's flows mostly need their lines read; once they
-/// stop, each flow reads its line once more (unprefetched) and is restamped.
-/// A worker refreshes before each burst, so this is some milliseconds
-/// under load.
-pub const WARM_REFRESHES: u32 = 4096;
 
 /// Sizes, fixed at construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,9 +374,6 @@ pub struct TablesReader {
     snap: Arc<Snapshot>,
     /// The epoch as of the last refresh (see [`TablesReader::refresh`]).
     epoch: u32,
-    /// Refreshes left during which [`TablesReader::prefetch_stamp`] still
-    /// prefetches: reset whenever the epoch moves.
-    warm: u32,
 }
 
 /// An undo step of a batch.
@@ -432,7 +422,6 @@ impl TablesWriter {
             cache,
             snap,
             epoch: 0,
-            warm: 0,
         };
         reader.refresh();
         reader
@@ -713,12 +702,7 @@ impl TablesReader {
         } else {
             e
         };
-        if e != self.epoch {
-            self.epoch = e;
-            self.warm = WARM_REFRESHES;
-        } else {
-            self.warm = self.warm.saturating_sub(1);
-        }
+        self.epoch = e;
     }
 
     /// The snapshot this reader classifies against.
@@ -736,19 +720,26 @@ impl TablesReader {
         self.snap.inert && self.shared.bindings.load(Ordering::Relaxed) == 0
     }
 
-    /// Prefetches the validity line a flow of `k` was stamped with (the
-    /// line of its subscriber), so that [`TablesReader::is_current`] on a
-    /// flow hit finds it in L1: issued with the flow-table prefetches of a
-    /// burst, its miss overlaps theirs instead of following the entry read.
+    /// Prefetches the validity line of a flow's stamp if
+    /// [`TablesReader::revalidate`] will read it (the stamp is behind the
+    /// epoch), so that the read finds it in L1. The worker calls it with
+    /// the decision [`crate::flow::FlowTable::prefetch_entry`] found, a
+    /// burst ahead of the lookups: the line's miss overlaps the others of
+    /// the burst instead of following the entry read.
     ///
-    /// Only while the epoch moved in the last [`WARM_REFRESHES`] refreshes:
-    /// otherwise every stamp of the current epoch is current without its
-    /// line being read, and the prefetch (and the subscriber hash it
-    /// takes) would be wasted.
+    /// It used to hash each packet's subscriber to prefetch its line
+    /// before the flow entry was read, on every packet while the epoch had
+    /// moved in the last 4096 refreshes, that is all through an update
+    /// storm: the hash and the prefetch on every packet, although a flow
+    /// needs its line once per epoch (~1 packet in 15 at 110 batches/s
+    /// and 4096 flows). A flow's stamp says which line and whether it is
+    /// needed, for one compare.
     #[inline]
-    pub fn prefetch_stamp(&self, k: &FlowKey) {
-        if self.warm > 0 {
-            crate::dpdk::prefetch(self.shared.line(&self.subscriber_hash(k)));
+    pub fn prefetch_stamp(&self, s: Stamp) {
+        if s.epoch != self.epoch {
+            if let Some(l) = self.shared.lines.get(s.line as usize) {
+                crate::dpdk::prefetch(l);
+            }
         }
     }
 
