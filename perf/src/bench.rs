@@ -978,11 +978,10 @@ pub fn classify(bench: &mut Bench) -> Result<ScenarioReport> {
              flows; <= 256 bytes per binding. Each burst of 32 keys (random order over all \
              flows) is timed with the TSC; the histogram holds per-packet averages of bursts. \
              The bulk variant is the worker's path: hash a group of keys and prefetch their \
-             home slots and the next (and their subscribers' validity lines while the policy \
-             epoch moves), then prefetch what each key needs next (nothing for a forward hit \
-             without a tail), then look them up and revalidate the policy stamp (one compare \
-             while nothing changed: the reader is first refreshed past its warm period, as a \
-             worker's is before each burst). The table's clock does not move during the \
+             home slots and the next, then prefetch what each key needs next (nothing for a \
+             forward hit without a tail; its validity line if its stamp is behind the policy \
+             epoch), then look them up and revalidate the policy stamp (one compare while \
+             nothing changed). The table's clock does not move during the \
              measurement, so hits write nothing; on an appliance a hit writes its flow's line \
              at most once per clock quantum (1/65 536 of the idle timeout). The 'one binding \
              write per burst' variant writes another subscriber's binding before each burst \
