@@ -298,8 +298,9 @@ impl Pipeline {
     /// prefetched ([`FlowTable::prefetch`]), then what each key needs next
     /// is prefetched ([`FlowTable::prefetch_entry`], and the validity line
     /// of a forward hit whose stamp is behind the policy epoch:
-    /// [`TablesReader::prefetch_stamp`]), then each frame is handled. The table's cache misses (a few million flows do not fit
-    /// in any cache) then overlap instead of following one another.
+    /// [`TablesReader::prefetch_stamp`]), then each frame is handled. The
+    /// table's cache misses (a few million flows do not fit in any cache)
+    /// then overlap instead of following one another.
     /// Counts each packet at its level.
     #[inline]
     pub fn process_burst(

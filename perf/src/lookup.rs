@@ -254,10 +254,10 @@ pub fn run(bindings: u32, flows: u32, bursts: usize) -> LookupReport {
             }
         }
     }));
-    // The worker's path: a burst's home slots (and, while the tables
-    // change, its subscribers' validity lines) prefetched, then what each
-    // key needs next, then each flow looked up, its stamp checked and, if
-    // only the epoch moved, restamped.
+    // The worker's path: a burst's home slots prefetched, then what each
+    // key needs next (and the validity line of a stamp behind the epoch),
+    // then each flow looked up, its stamp checked and, if only the epoch
+    // moved, restamped.
     let mut restamped = 0u64;
     let mut bulk = |table: &mut FlowTable, reader: &TablesReader, base: usize| {
         let burst = &keys[base..base + BURST];

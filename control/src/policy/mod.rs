@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //! - [`model`]: levels, decisions and the rows of each table, validated at
-//!   construction (and their binary form, the snapshot's: `model/binary.rs`).
+//!   construction (and their binary form, the snapshot's and the journal's:
+//!   `model/binary.rs`).
 //! - [`state`]: [`PolicyState`], every table in memory; atomic batches;
 //!   the reference classifier.
 //! - [`protocol`]: the line-delimited JSON requests and responses (its

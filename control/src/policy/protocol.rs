@@ -206,8 +206,9 @@ impl ProtocolError {
 /// requests (the same decoding of each entry) and names the field at
 /// fault.
 ///
-/// `JOURNAL`: a journal record in that shape (`{"seq":S,"op":..}`, how the
-/// store journals a request line), its `seq` first; the second field.
+/// `JOURNAL`: a journal record in that shape (`{"seq":S,"op":..}`, how
+/// earlier versions journaled a request line; still loaded), its `seq`
+/// first; the second field.
 struct FastRows<const JOURNAL: bool>(Option<(BatchOp, Vec<Change>)>, Option<u64>);
 
 /// A journal record in the request shape, decoded in one pass as

@@ -65,10 +65,12 @@
 //! compaction, for writing the journal's size in zeros and syncing them
 //! (about 120 ns per row of the storm, `sluice-perf control`). Where old
 //! bytes follow the last record, the record is written with a header of
-//! zeros after it, the end marker. What the old bytes hold cannot be
-//! mistaken for records: every old record is older than the snapshot
-//! (its `seq` is below the snapshot's), and loading stops at the first
-//! such record after one of the journal's own. A file more than twice the
+//! zeros after it, the end marker. Old records are not mistaken for the
+//! journal's own: every old record is older than the snapshot (its `seq`
+//! is below the snapshot's), and loading stops at the first such record
+//! after one of the journal's own. Nor are row bytes inside them: binary
+//! rows are stored raw and may read as a record's header, so only a whole
+//! record that decodes, with a current `seq`, counts (`own_record`). A file more than twice the
 //! size one journal needs (*Compaction*) is cut to nothing instead.
 //! Start-up pays one pass over the old bytes: after the journal's end it
 //! looks for intact records of its own (damage before them is corruption,
@@ -356,8 +358,9 @@ fn read_batch_record(payload: &[u8]) -> Result<(u64, Vec<Change>), String> {
     let mut r = Reader::new(body);
     let seq = r.u64()?;
     let n = r.u32()? as usize;
-    // A damaged count cannot make this allocate more than the payload.
-    let mut changes = Vec::with_capacity(n.min(body.len() / 2));
+    // Sized for a storm's batch at most: a damaged count must not reserve
+    // what the payload could not hold.
+    let mut changes = Vec::with_capacity(n.min(body.len() / 2).min(16 << 10));
     for i in 0..n {
         changes.push(take_change(&mut r).map_err(|e| format!("change {i}: {e}"))?);
     }
@@ -539,18 +542,33 @@ fn record_seq(payload: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
+/// Whether `payload`, an intact record found after damage, is one of the
+/// journal's own, which the damage must not silently drop: its sequence
+/// number is readable and not older than the snapshot's, and a binary one
+/// decodes. A binary record holds rows' bytes as they are (an IPv6 address
+/// is 16 raw bytes, a header's length), so a row can hold bytes that read as
+/// an intact record: a header with an empty payload, say. Counting only a
+/// whole decodable record of the journal's own keeps such bytes, in a
+/// reused journal's old records, from making a sound journal look corrupt
+/// (found by review; a regression test below). A row crafted to hold a
+/// whole record with a forged checksum would still pass; a per-store
+/// secret in the checksum would close that (not done).
+fn own_record(payload: &[u8], base: u64) -> bool {
+    record_seq(payload).is_some_and(|s| s >= base)
+        && (!payload.starts_with(BINARY_BATCH) || read_batch_record(payload).is_ok())
+}
+
 /// Whether an intact record starts anywhere in `data`.
 pub(crate) fn any_record_in(data: &[u8]) -> bool {
     (0..data.len().saturating_sub(HEADER - 1))
         .any(|i| data[i..].starts_with(&MAGIC) && read_record(&data[i..]).is_ok())
 }
 
-/// A journal record's payload. A batch whose changes all share one op and
-/// one table is written in the request's own shape, `{"seq":S,"op":..,
-/// "table":..,"entries":[..]}` (or `"keys"` for `remove`): the op and the
-/// table are not repeated on every row, which makes an update storm's
-/// journal about a quarter smaller (so compacted that much less often).
-/// Any other batch is `{"seq":S,"changes":[..]}`. Both load.
+/// A JSON journal record's payload as earlier versions wrote it (tests
+/// write them to check that they still load): a batch whose changes all
+/// share one op and one table in the request's own shape, `{"seq":S,
+/// "op":..,"table":..,"entries":[..]}` (or `"keys"` for `remove`), any
+/// other batch as `{"seq":S,"changes":[..]}`.
 #[cfg(test)]
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -894,8 +912,8 @@ impl Store {
             let (payload, len) = match read_record(&data[off..]) {
                 Ok(r) => r,
                 Err(why) => {
-                    let current = intact_records(&data[off + 1..])
-                        .any(|(_, p)| record_seq(p).is_none_or(|s| s >= base));
+                    let current =
+                        intact_records(&data[off + 1..]).any(|(_, p)| own_record(p, base));
                     if current && !opts.truncate_corrupt {
                         return Err(StoreError::Corrupt {
                             path: jpath,
@@ -944,7 +962,12 @@ impl Store {
                     }
                 }
             };
-            if rec_seq + n <= state.seq() {
+            let Some(rec_end) = rec_seq.checked_add(n) else {
+                return Err(corrupt(format!(
+                    "record's sequence number {rec_seq} overflows"
+                )));
+            };
+            if rec_end <= state.seq() {
                 report.skipped_records += 1;
             } else if rec_seq == state.seq() {
                 replayed = true;
@@ -963,7 +986,7 @@ impl Store {
                 return Err(corrupt(format!(
                     "record covers sequence numbers {}..{} but the state is at {}",
                     rec_seq,
-                    rec_seq + n,
+                    rec_end,
                     state.seq()
                 )));
             }
@@ -1967,6 +1990,40 @@ mod tests {
             journal_request_record(&mut rec, 40 + k as u64, request_fields(line).unwrap()).unwrap();
             check(&rec[HEADER..], true);
         }
+    }
+
+    /// A row whose bytes read as an intact record (an IPv6 subscriber that
+    /// is a record header with an empty payload) does not make the reused
+    /// journal that holds it look corrupt once its own header is gone
+    /// (found by review: the load refused a sound store).
+    #[test]
+    fn row_bytes_that_read_as_a_record_do_not_fake_the_journals_own() {
+        let mut fake = [0u8; 16];
+        fake[..4].copy_from_slice(&MAGIC);
+        let hcrc = crc32fast::hash(&fake[..12]);
+        fake[12..].copy_from_slice(&hcrc.to_le_bytes());
+        assert_eq!(read_record(&fake), Ok((&[][..], HEADER)));
+        let subscriber = std::net::Ipv6Addr::from(fake);
+        let row = Entry::from_json(
+            Table::Coupon,
+            &format!(r#"{{"id":"x","subscriber":"{subscriber}","decision":{{"level":1}}}}"#),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut state, _) = open(dir.path());
+        store.commit(&mut state, &[Change::Add(row)]).unwrap();
+        // The compaction zeroes the record's header and keeps its bytes.
+        store.compact(&state).unwrap();
+        let data = fs::read(journal(dir.path())).unwrap();
+        assert!(intact_records(&data[1..]).any(|(_, p)| p.is_empty()));
+        drop(store);
+        let (mut store, loaded, _) = open(dir.path());
+        assert_eq!(loaded, state);
+        // And after a record of the journal's own over part of it.
+        let mut state = loaded;
+        store.commit(&mut state, &[tier("gold", 1)]).unwrap();
+        drop(store);
+        assert_eq!(open(dir.path()).1, state);
     }
 
     /// Records dropped with `truncate_corrupt` go from the file even when
