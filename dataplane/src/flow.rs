@@ -772,7 +772,7 @@ impl<D: Copy + Default> FlowTable<D> {
     /// slots (~3 %) is not looked at yet: None too, and its check reads
     /// the line unprefetched.
     #[inline]
-    pub fn prefetch_entry(&self, probe: &mut Probe) -> Option<D> {
+    pub fn prefetch_entry(&self, probe: &mut Probe) -> Option<&D> {
         let home = self.home(probe.h);
         let near = self.window.min(2);
         for d in 0..near {
@@ -795,7 +795,7 @@ impl<D: Copy + Default> FlowTable<D> {
                         crate::dpdk::prefetch_lines(t);
                     }
                 }
-                return (s.is_fwd() && m == Match::Same).then_some(s.decision);
+                return (s.is_fwd() && m == Match::Same).then_some(&s.decision);
             }
         }
         for d in near..self.window.min(near + 2) {
@@ -1547,7 +1547,7 @@ mod tests {
         ];
         for (k, want, actions, side, early) in cases {
             let mut p = t.prefetch(&k);
-            assert_eq!(t.prefetch_entry(&mut p), early);
+            assert_eq!(t.prefetch_entry(&mut p).copied(), early);
             assert_ne!(p.hint, NO_HINT);
             let hit = t.lookup_probed(&p, 0, 1).unwrap();
             assert_eq!(
