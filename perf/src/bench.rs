@@ -39,6 +39,8 @@ pub struct Options {
     pub plot_dir: PathBuf,
     /// Scratch space for configs and the qos_sched build.
     pub work_dir: PathBuf,
+    /// Rows per request of the `updates` storm.
+    pub storm_rows: u32,
 }
 
 /// Cores, memory and pool settings used for every tool.

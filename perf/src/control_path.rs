@@ -140,7 +140,7 @@ pub fn run(dir: &std::path::Path, stored_rows: u32, requests: u32) -> Result<Con
     // the others.
     let (mut compacting, mut plain): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     let compactions = |p: &Policy| p.store().map_or(0, |s| s.stats().compactions);
-    let mut sweep = Sweep::new(stored_rows);
+    let mut sweep = Sweep::new(stored_rows, STORM_BATCH);
     for k in 0..=requests {
         let line = sweep.next_request();
         let t0 = Instant::now();

@@ -81,6 +81,13 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     wait_quiet: f64,
 
+    /// Rows per request of the `updates` storm: each request is one
+    /// journal record and one `fdatasync`, so larger requests sync less
+    /// often per row.
+    #[arg(long, value_name = "ROWS", default_value_t = sluice_perf::updates::STORM_BATCH,
+          value_parser = clap::value_parser!(u32).range(1000..=i64::from(sluice_perf::updates::MAX_STORM_ROWS)))]
+    storm_rows: u32,
+
     /// Do not append to the results file.
     #[arg(long)]
     no_record: bool,
@@ -230,6 +237,7 @@ fn real_main(args: Args) -> Result<(), Failure> {
         qos_sched_src: args.qos_sched_src.clone(),
         plot_dir: results_dir,
         work_dir: work_dir.clone(),
+        storm_rows: args.storm_rows,
     };
 
     let started = SystemTime::now();

@@ -54,8 +54,12 @@ pub const PHASES: [bool; 17] = {
     }
     p
 };
-/// Rows per storm request.
+/// Rows per storm request, unless `--storm-rows` says otherwise: one
+/// journal record and one `fdatasync` each.
 pub const STORM_BATCH: u32 = 10_000;
+/// The most `--storm-rows` allows: a request line must stay under the
+/// protocol's 4 MiB (a storm row is ~100 bytes of JSON).
+pub const MAX_STORM_ROWS: u32 = 30_000;
 /// The level the effect probe moves its subscriber to (nothing else in
 /// the corpus uses it).
 const PROBE_LEVEL: u64 = 2;
@@ -123,7 +127,7 @@ fn probe_row(level: &str) -> Value {
 }
 
 /// The storm's walk over the bulk coupons: consecutive requests take the
-/// next [`STORM_BATCH`] rows, and each pass over all of them flips their
+/// next `batch` rows, and each pass over all of them flips their
 /// DSCP (the first pass writes 34 over the 46 they were stored with), so
 /// every row of every request changes something.
 ///
@@ -133,6 +137,7 @@ fn probe_row(level: &str) -> Value {
 /// the appliance spends applying them (a real client runs elsewhere).
 pub struct Sweep {
     rows: u32,
+    batch: u32,
     pass: u32,
     next: u32,
     /// Per request of a pass: its line, the DSCP it now carries, and where
@@ -157,14 +162,16 @@ fn pass_dscp(pass: u32) -> u8 {
 }
 
 impl Sweep {
-    /// A walk over coupons `f0` .. `f{rows - 1}`.
-    pub fn new(rows: u32) -> Sweep {
-        let rows = rows.max(STORM_BATCH);
+    /// A walk over coupons `f0` .. `f{rows - 1}`, `batch` rows a request.
+    pub fn new(rows: u32, batch: u32) -> Sweep {
+        let batch = batch.max(1);
+        let rows = rows.max(batch);
         Sweep {
             rows,
+            batch,
             pass: 0,
             next: 0,
-            rendered: (0..rows / STORM_BATCH).map(|_| None).collect(),
+            rendered: (0..rows / batch).map(|_| None).collect(),
         }
     }
 
@@ -177,8 +184,9 @@ impl Sweep {
 
     fn rendered_at(&mut self, k: usize, pass: u32) -> &Rendered {
         let dscp = pass_dscp(pass);
+        let batch = self.batch;
         let r = self.rendered[k].get_or_insert_with(|| {
-            let (line, dscp_at) = storm_request_at(dscp, k as u32 * STORM_BATCH);
+            let (line, dscp_at) = storm_request_at(dscp, k as u32 * batch, batch);
             Rendered {
                 line,
                 dscp,
@@ -196,9 +204,9 @@ impl Sweep {
     }
 
     pub fn next_request(&mut self) -> &str {
-        let (k, pass) = ((self.next / STORM_BATCH) as usize, self.pass);
-        self.next += STORM_BATCH;
-        if self.next + STORM_BATCH > self.rows {
+        let (k, pass) = ((self.next / self.batch) as usize, self.pass);
+        self.next += self.batch;
+        if self.next + self.batch > self.rows {
             self.next = 0;
             self.pass += 1;
         }
@@ -206,20 +214,21 @@ impl Sweep {
     }
 }
 
-/// One storm request line, of pass `pass` from row `start`.
+/// One storm request line of [`STORM_BATCH`] rows, of pass `pass` from row
+/// `start`.
 pub fn storm_request(pass: u32, start: u32) -> String {
-    storm_request_at(pass_dscp(pass), start).0
+    storm_request_at(pass_dscp(pass), start, STORM_BATCH).0
 }
 
 /// A storm request line and the offset of each row's DSCP digits in it.
 /// Written straight into a string rather than built as a
 /// `serde_json::Value` (which cost as much as applying it).
-fn storm_request_at(dscp: u8, start: u32) -> (String, Vec<usize>) {
+fn storm_request_at(dscp: u8, start: u32, batch: u32) -> (String, Vec<usize>) {
     const DSCP_KEY: &str = r#""dscp":"#;
-    let mut line = String::with_capacity(STORM_BATCH as usize * 100 + 64);
-    let mut dscp_at = Vec::with_capacity(STORM_BATCH as usize);
+    let mut line = String::with_capacity(batch as usize * 100 + 64);
+    let mut dscp_at = Vec::with_capacity(batch as usize);
     line.push_str(r#"{"op":"update","table":"coupon","entries":["#);
-    for i in start..start + STORM_BATCH {
+    for i in start..start + batch {
         if i != start {
             line.push(',');
         }
@@ -241,12 +250,13 @@ fn drive(
     t0: Instant,
     tl: &Mutex<Timeline>,
     stop: &AtomicBool,
+    batch: u32,
 ) -> Result<()> {
     let mut storm = connect(socket, Instant::now() + Duration::from_secs(120))?;
     // Served only once the workers run: the appliance is up.
     storm.call(&json!({"op": "stats"})).context("first stats")?;
     let since = |t: Instant| t.duration_since(t0).as_secs_f64();
-    let mut sweep = Sweep::new(1 << 20);
+    let mut sweep = Sweep::new(1 << 20, batch);
     sweep.render_all();
     let begin = Instant::now() + Duration::from_secs(2);
     let storming = Arc::new(AtomicBool::new(false));
@@ -330,7 +340,7 @@ fn drive(
             let s = Instant::now();
             storm.call_line(req).context("storm request")?;
             tl.lock().unwrap().batch_rtt.push(s.elapsed().as_secs_f64());
-            rows += u64::from(STORM_BATCH);
+            rows += u64::from(batch);
         }
         let now_compacted = compactions(&mut storm);
         let mut t = tl.lock().unwrap();
@@ -403,6 +413,7 @@ pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
     let finished = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let tsc_hz = bench.machine.tsc_hz;
+    let batch = bench.opts.storm_rows.clamp(1, MAX_STORM_ROWS);
     let driver = {
         let (tl, stop, finished) = (Arc::clone(&tl), Arc::clone(&stop), Arc::clone(&finished));
         std::thread::spawn(move || {
@@ -410,7 +421,7 @@ pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
             // the control plane's clients: on the main core, with the
             // control thread, never on the worker's.
             crate::process::pin_current_thread(crate::bench::MAIN_LCORE);
-            if let Err(e) = drive(&socket, tsc_hz, t0, &tl, &stop) {
+            if let Err(e) = drive(&socket, tsc_hz, t0, &tl, &stop, batch) {
                 tl.lock().unwrap().error = Some(format!("{e:#}"));
             }
             finished.store(true, Ordering::Relaxed);
@@ -512,7 +523,7 @@ pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
         "< 2 %".into(),
     ]);
     figures.row([
-        format!("binding updates acknowledged per second ({STORM_BATCH}-row requests)"),
+        format!("binding updates acknowledged per second ({batch}-row requests)"),
         fmt_opt(per_sec, 0),
         "≥ 1,000,000".into(),
     ]);
@@ -582,7 +593,7 @@ pub fn updates(bench: &mut Bench) -> Result<ScenarioReport> {
                  against the mean of the two quiet phases around it, averaged over the storms \
                  (the machine's rate drifts by a few percent over a minute; neighbours cancel \
                  that). The storm client (sluice-perf, one connection) sends \
-                 `update` requests of {STORM_BATCH} coupon rows back to back; each is parsed, \
+                 `update` requests of {batch} coupon rows back to back (`--storm-rows`); each is parsed, \
                  validated, journaled with one fsync and mirrored into the workers' tables \
                  before its answer. The storm client's threads are pinned to the main core, \
                  with the control thread; the worker has its own core. The probe moves corpus \
@@ -663,7 +674,7 @@ mod tests {
     fn every_storm_row_changes() {
         let dscp = |v: &Value| v["entries"][0]["decision"]["dscp"].as_u64();
         let first = |v: &Value| v["entries"][0]["id"].as_str().map(str::to_owned);
-        let mut w = Sweep::new(3 * STORM_BATCH);
+        let mut w = Sweep::new(3 * STORM_BATCH, STORM_BATCH);
         // A pass that overwrites the previous pass's digits writes what a
         // fresh rendering would.
         let lines: Vec<String> = (0..7).map(|_| w.next_request().to_owned()).collect();
