@@ -2089,32 +2089,7 @@ mod tests {
                 drop(store);
                 fs::read(src.path().join(SNAPSHOT)).unwrap()
             });
-            let mut payload = snap[HEADER..].to_vec();
-            let i = at.index(payload.len());
-            if cut {
-                payload.truncate(i);
-            } else {
-                payload[i] ^= xor;
-            }
-            let mut rec = header(payload.len(), crc32fast::hash(&payload)).to_vec();
-            rec.extend_from_slice(&payload);
-            let dir = tempfile::tempdir().unwrap();
-            fs::write(dir.path().join(SNAPSHOT), &rec).unwrap();
-            match Store::open(dir.path(), StoreOptions::default()) {
-                Ok((_, loaded, _)) => {
-                    // Every row that loaded is one a request could make:
-                    // written as JSON, it decodes (with the checks of the
-                    // protocol) to itself.
-                    let default = Entry::Default(*loaded.default_decision());
-                    for e in loaded.entries().chain([default]) {
-                        let json = serde_json::to_string(&e).unwrap();
-                        let back = Entry::from_json(e.table(), &json);
-                        proptest::prop_assert_eq!(back.as_ref(), Ok(&e), "{}", json);
-                    }
-                }
-                Err(StoreError::Corrupt { .. }) => {}
-                Err(e) => proptest::prop_assert!(false, "{e}"),
-            }
+            damaged_loads_valid_or_corrupt(SNAPSHOT, &snap[HEADER..], at, xor, cut)?;
         }
 
         /// The same for a binary journal record: every kind of change of
@@ -2127,43 +2102,56 @@ mod tests {
             xor in 1u8..=255,
             cut in proptest::prelude::any::<bool>(),
         ) {
-            let write = |dir: &Path, payload: &[u8]| {
-                let mut rec = header(payload.len(), crc32fast::hash(payload)).to_vec();
-                rec.extend_from_slice(payload);
-                fs::write(dir.join(JOURNAL), &rec).unwrap();
-            };
-            static PAYLOAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-            let intact = PAYLOAD.get_or_init(|| {
+            static RECORD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            let intact = RECORD.get_or_init(|| {
                 let mut buf = Vec::new();
                 batch_record(&mut buf, 0, &batches().concat()).unwrap();
                 let dir = tempfile::tempdir().unwrap();
-                write(dir.path(), &buf[HEADER..]);
+                fs::write(journal(dir.path()), &buf).unwrap();
                 let (_, _, report) = open(dir.path());
                 assert_eq!(report.replayed_records, 1);
-                buf[HEADER..].to_vec()
+                buf
             });
-            let mut payload = intact.clone();
-            let i = at.index(payload.len());
-            if cut {
-                payload.truncate(i);
-            } else {
-                payload[i] ^= xor;
-            }
-            let dir = tempfile::tempdir().unwrap();
-            write(dir.path(), &payload);
-            match Store::open(dir.path(), StoreOptions::default()) {
-                Ok((_, loaded, _)) => {
-                    let default = Entry::Default(*loaded.default_decision());
-                    for e in loaded.entries().chain([default]) {
-                        let json = serde_json::to_string(&e).unwrap();
-                        let back = Entry::from_json(e.table(), &json);
-                        proptest::prop_assert_eq!(back.as_ref(), Ok(&e), "{}", json);
-                    }
-                }
-                Err(StoreError::Corrupt { .. }) => {}
-                Err(e) => proptest::prop_assert!(false, "{e}"),
-            }
+            damaged_loads_valid_or_corrupt(JOURNAL, &intact[HEADER..], at, xor, cut)?;
         }
+    }
+
+    /// `payload` flipped (`xor`) or cut at `at`, sealed again with matching
+    /// checksums and written as the store's file `name`: the store opens
+    /// into a state whose every row is one a request could make (written
+    /// as JSON, it decodes with the protocol's checks to itself), or is
+    /// refused as corrupt. Never a panic, never another error.
+    fn damaged_loads_valid_or_corrupt(
+        name: &str,
+        payload: &[u8],
+        at: proptest::sample::Index,
+        xor: u8,
+        cut: bool,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let mut payload = payload.to_vec();
+        let i = at.index(payload.len());
+        if cut {
+            payload.truncate(i);
+        } else {
+            payload[i] ^= xor;
+        }
+        let mut rec = header(payload.len(), crc32fast::hash(&payload)).to_vec();
+        rec.extend_from_slice(&payload);
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(name), &rec).unwrap();
+        match Store::open(dir.path(), StoreOptions::default()) {
+            Ok((_, loaded, _)) => {
+                let default = Entry::Default(*loaded.default_decision());
+                for e in loaded.entries().chain([default]) {
+                    let json = serde_json::to_string(&e).unwrap();
+                    let back = Entry::from_json(e.table(), &json);
+                    proptest::prop_assert_eq!(back.as_ref(), Ok(&e), "{}", json);
+                }
+            }
+            Err(StoreError::Corrupt { .. }) => {}
+            Err(e) => proptest::prop_assert!(false, "{e}"),
+        }
+        Ok(())
     }
 
     const CRASH_CHILD_DIR: &str = "SLUICE_STORE_CRASH_CHILD_DIR";
